@@ -1,0 +1,18 @@
+# Sourced by the launch scripts: creates .venv if missing and installs recjax into it.
+# ensure_venv [EXTRA] installs ".[EXTRA]"; it reinstalls only when setup.py changed.
+VENV="${RECJAX_VENV:-$PWD/.venv}"
+ensure_venv() {
+  local extra="${1:-}" spec="." stamp
+  [ -n "$extra" ] && spec=".[$extra]"
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "[recjax] creating $VENV" >&2
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  fi
+  stamp="$VENV/.recjax-installed-${extra:-base}"
+  if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+    echo "[recjax] installing $spec into $VENV (first run takes about a minute)" >&2
+    "$VENV/bin/python" -m pip install -q -c launch/constraints.txt -e "$spec" >&2
+    touch "$stamp"
+  fi
+}
