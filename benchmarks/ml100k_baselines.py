@@ -1,0 +1,156 @@
+"""recjax's Pop, BPR and SASRec on ml-100k beside RecBole 1.2.1's numbers.
+
+Question: do recjax's classical baselines reproduce RecBole under the same
+protocol (leave-one-out by time, full ranking, best-valid-NDCG@10 checkpoint
+tested)? Goal: test NDCG@10 within 10% (relative) of the peer's, or better.
+
+Masking follows RecBole per model: general models (Pop, BPR) remove the
+user's history items from the ranking; RecBole's sequential models (SASRec)
+do not (its FullSortEvalDataLoader returns history_index=None for them), so
+recjax's SASRec is compared unmasked. Both variants are printed.
+
+Usage: python benchmarks/ml100k_baselines.py [--data ../shared/data/ml-100k]
+  [--models pop,bpr,sasrec] [--seed 0] [--sasrec_epochs 30] [--bpr_epochs 200]
+The last line is one JSON object with each model's recall10/ndcg10 and the peer's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recjax.data.prepared import PreparedData  # noqa: E402
+
+# Test Recall@10 / NDCG@10 of RecBole 1.2.1 on ml-100k (seed 2020, CPU), from
+# /work/shared/data/PEER_BASELINES.md, table "Peer baselines on ml-100k".
+PEER = {
+    "pop": {"recall10": 0.0721, "ndcg10": 0.0403, "valid_ndcg10": 0.0305},
+    "bpr": {"recall10": 0.1241, "ndcg10": 0.0673, "valid_ndcg10": 0.0628},
+    "sasrec": {"recall10": 0.1326, "ndcg10": 0.0636, "valid_ndcg10": 0.0742},
+}
+# RecBole masks history items for general models only (see module docstring).
+MASK_HISTORY = {"pop": True, "bpr": True, "sasrec": False}
+
+
+def read_recbole_inter(path: pathlib.Path) -> PreparedData:
+  """Minimal reader of a RecBole .inter file (fallback while the loader lands).
+
+  Like RecBole with `order: TO`: a stable sort by timestamp (file order breaks
+  ties), no de-duplication, no k-core; items indexed by first appearance.
+  """
+  users, items, ts = [], [], []
+  with open(path, encoding="utf-8") as f:
+    header = f.readline().rstrip("\n").split("\t")
+    cols = {name.split(":")[0]: i for i, name in enumerate(header)}
+    for lineno, line in enumerate(f, 2):
+      parts = line.rstrip("\n").split("\t")
+      try:
+        users.append(parts[cols["user_id"]])
+        items.append(parts[cols["item_id"]])
+        ts.append(float(parts[cols["timestamp"]]))
+      except (IndexError, ValueError) as e:
+        raise ValueError(f"{path}:{lineno}: bad record ({e})") from None
+  item_index: dict[str, int] = {}
+  user_index: dict[str, int] = {}
+  for it in items:
+    item_index.setdefault(it, len(item_index))
+  for u in users:
+    user_index.setdefault(u, len(user_index))
+  u_arr = np.array([user_index[u] for u in users])
+  i_arr = np.array([item_index[i] for i in items])
+  order = np.lexsort((np.asarray(ts), u_arr))  # stable: by user, then time
+  seqs = [[] for _ in user_index]
+  for k in order:
+    seqs[u_arr[k]].append(int(i_arr[k]))
+  catalogue = [{"id": i, "title": i} for i in item_index]
+  return PreparedData.from_sequences("ml-100k", catalogue, list(user_index), seqs)
+
+
+def load_data(data_dir: pathlib.Path) -> tuple[PreparedData, str]:
+  try:
+    from recjax.data.prepare import build_prepared  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    build_prepared = None
+  if build_prepared is not None:
+    try:
+      return (build_prepared("recbole", str(data_dir), kcore=0),
+              "recjax.data.prepare.build_prepared('recbole', kcore=0)")
+    except Exception as e:  # pylint: disable=broad-except
+      print(f"build_prepared failed ({type(e).__name__}: {e}); "
+            "using the local reader", flush=True)
+  return read_recbole_inter(data_dir / "ml-100k.inter"), "local .inter reader"
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "ml-100k"))
+  p.add_argument("--models", default="pop,bpr,sasrec")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--bpr_epochs", type=int, default=200)
+  p.add_argument("--sasrec_epochs", type=int, default=30)
+  p.add_argument("--output", default=None,
+                 help="if set, write each model's outputs to OUTPUT/<model>")
+  args = p.parse_args(argv)
+  data_dir = pathlib.Path(args.data).resolve()
+  if not (data_dir / "ml-100k.inter").is_file():
+    print(f"ml-100k not found at {data_dir} (need ml-100k.inter); "
+          "nothing to benchmark.")
+    print(json.dumps({"skipped": f"no data at {data_dir}"}))
+    return 0
+
+  from recjax.baselines.cli import train_baseline, write_result  # pylint: disable=g-import-not-at-top
+
+  t_all = time.perf_counter()
+  data, how = load_data(data_dir)
+  print(f"data: {data.num_users} users, {data.num_items} items, "
+        f"{data.num_interactions} interactions ({how})", flush=True)
+  results = {}
+  epochs = {"pop": None, "bpr": args.bpr_epochs, "sasrec": args.sasrec_epochs}
+  for model in args.models.split(","):
+    res = train_baseline(model, data, seed=args.seed, epochs=epochs[model],
+                         mask_history=MASK_HISTORY[model],
+                         log=lambda s: print(s, flush=True))
+    results[model] = res
+    if args.output:
+      write_result(res, data, pathlib.Path(args.output) / model,
+                   data_dir=str(data_dir), seed=args.seed)
+
+  print()
+  print("| model | mask | test R@5 | test R@10 | test N@5 | test N@10 | valid N@10 "
+        "| peer R@10 | peer N@10 | N@10 rel. diff | epochs (best) | wall s |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  summary = {}
+  for model, res in results.items():
+    t, v = res.metrics["test"], res.metrics["validation"]
+    peer = PEER[model]
+    rel = (t["ndcg@10"] - peer["ndcg10"]) / peer["ndcg10"]
+    best = "-" if res.best_epoch is None else res.best_epoch
+    print(f"| {model} | {'yes' if MASK_HISTORY[model] else 'no'} | {t['recall@5']:.4f} "
+          f"| {t['recall@10']:.4f} | {t['ndcg@5']:.4f} | {t['ndcg@10']:.4f} "
+          f"| {v['ndcg@10']:.4f} | {peer['recall10']:.4f} | {peer['ndcg10']:.4f} "
+          f"| {rel:+.1%} | {res.epochs_run} ({best}) | {res.seconds:.1f} |")
+    other = "test_masked" if not MASK_HISTORY[model] else "test_unmasked"
+    o = res.metrics[other]
+    print(f"|   ({other}) | | {o['recall@5']:.4f} | {o['recall@10']:.4f} "
+          f"| {o['ndcg@5']:.4f} | {o['ndcg@10']:.4f} | | | | | | |")
+    summary[model] = {"recall10": round(t["recall@10"], 4),
+                      "ndcg10": round(t["ndcg@10"], 4),
+                      "peer_recall10": peer["recall10"],
+                      "peer_ndcg10": peer["ndcg10"],
+                      "ndcg10_rel_diff": round(rel, 4),
+                      "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+                      "seconds": round(res.seconds, 1)}
+  summary["seconds"] = round(time.perf_counter() - t_all, 1)
+  print(json.dumps(summary))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

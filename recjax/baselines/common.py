@@ -1,0 +1,146 @@
+"""Shared evaluation protocol, early stopping and result type for the baselines.
+
+Protocol (RecBole `split: {'LS': 'valid_and_test'}, order: TO, mode: full`):
+each user's chronological sequence gives train = all but the last two items,
+validation target = second last, test target = last (users with fewer than 3
+interactions are training-only, as in `recjax.data.split`). Every item of the
+catalogue is ranked. The history used to score a user is everything before
+the target (validation: the train sequence; test: train + validation item);
+with `mask_history` the history's items are removed from the ranking, the
+target itself never is (RecBole: `history = used_ids - positive_items`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from recjax.data import split as split_lib
+from recjax.data.prepared import PreparedData
+from recjax.infer import metrics as metrics_lib
+
+EVAL_SPLITS = ("validation", "test")
+VALID_METRIC = "ndcg@10"
+EVAL_KS = (1, 5, 10, 20)
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """Held-out cases of one split, as arrays (users with >= 3 interactions)."""
+  split: str
+  users: np.ndarray  # int64 [E] user indices
+  targets: np.ndarray  # int64 [E] item indices
+  histories: list[np.ndarray]  # full history before the target, oldest first
+
+  def __len__(self) -> int:
+    return len(self.users)
+
+
+def eval_set(data: PreparedData, split: str) -> EvalSet:
+  split_lib.check_split(split)
+  if split == "train":
+    raise ValueError("eval_set() is for 'validation' and 'test'")
+  offset = 2 if split == "validation" else 1
+  users, targets, hist = [], [], []
+  for u in range(data.num_users):
+    seq = data.sequence(u)
+    if len(seq) < split_lib.MIN_LEN_FOR_EVAL:
+      continue
+    end = len(seq) - offset
+    users.append(u)
+    targets.append(int(seq[end]))
+    hist.append(np.asarray(seq[:end], np.int64))
+  return EvalSet(split, np.asarray(users, np.int64),
+                 np.asarray(targets, np.int64), hist)
+
+
+def train_sequences(data: PreparedData) -> list[np.ndarray]:
+  return [np.asarray(split_lib.train_sequence(data, u), np.int64)
+          for u in range(data.num_users)]
+
+
+def evaluate(score_fn: Callable[[np.ndarray], np.ndarray], es: EvalSet, *,
+             mask_history: bool = True, ties: str = "pessimistic",
+             batch_size: int = 1024, both: bool = False) -> dict[str, Any]:
+  """Full-catalogue metrics of `score_fn(rows) -> scores [len(rows), I]`.
+
+  `rows` index into `es`. With `both`, also returns the metrics under the
+  other masking choice, keyed `masked` / `unmasked`.
+  """
+  ranks_m, ranks_u = [], []
+  for start in range(0, len(es), batch_size):
+    rows = np.arange(start, min(start + batch_size, len(es)))
+    scores = np.asarray(score_fn(rows), np.float64)
+    excl = [es.histories[r] for r in rows]
+    tg = es.targets[rows]
+    if mask_history or both:
+      ranks_m.append(metrics_lib.ranks_from_scores(scores, tg, excl, ties))
+    if not mask_history or both:
+      ranks_u.append(metrics_lib.ranks_from_scores(scores, tg, None, ties))
+  cat = lambda r: np.concatenate(r) if r else np.zeros(0, np.int64)
+  out: dict[str, Any] = {}
+  if mask_history or both:
+    out["masked"] = metrics_lib.metrics_from_ranks(cat(ranks_m), EVAL_KS)
+  if not mask_history or both:
+    out["unmasked"] = metrics_lib.metrics_from_ranks(cat(ranks_u), EVAL_KS)
+  out["primary"] = out["masked" if mask_history else "unmasked"]
+  return out
+
+
+class EarlyStopper:
+  """RecBole's early stopping: stop after more than `patience` evaluations
+  without a strict improvement of the validation metric."""
+
+  def __init__(self, patience: int):
+    self.patience = patience
+    self.best = -np.inf
+    self.best_epoch = -1
+    self.bad = 0
+
+  def update(self, value: float, epoch: int) -> tuple[bool, bool]:
+    """Returns (improved, stop)."""
+    if value > self.best:
+      self.best, self.best_epoch, self.bad = value, epoch, 0
+      return True, False
+    self.bad += 1
+    return False, self.bad > self.patience
+
+
+def item_checksum(item_ids: list[str]) -> str:
+  """sha256 of the item ids in index order, newline-joined (catalogue identity)."""
+  h = hashlib.sha256()
+  h.update("\n".join(item_ids).encode("utf-8"))
+  return "sha256:" + h.hexdigest()
+
+
+def progress(model: str, epoch: int, loss: float, valid: float, seconds: float,
+             log: Callable[[str], None] | None) -> None:
+  if log is not None:
+    log(f"[{model}] epoch {epoch:3d}  loss {loss:.4f}  "
+        f"valid {VALID_METRIC} {valid:.4f}  {seconds:.1f}s")
+
+
+@dataclasses.dataclass
+class BaselineResult:
+  """Everything `cli.run_baseline` writes."""
+  model: str
+  hparams: dict[str, Any]
+  metrics: dict[str, Any]  # validation / test (+ masking variants)
+  history: list[dict[str, float]]  # per epoch: loss, valid metric, seconds
+  epochs_run: int
+  best_epoch: int | None
+  item_embeddings: np.ndarray  # float32 [num_items, dim]
+  # split -> (user indices [E], embeddings [E, dim]) scored against items.
+  user_embeddings: dict[str, tuple[np.ndarray, np.ndarray]]
+  seconds: float = 0.0
+
+
+class Timer:
+  def __init__(self):
+    self.t0 = time.perf_counter()
+
+  def __call__(self) -> float:
+    return time.perf_counter() - self.t0

@@ -1,0 +1,59 @@
+"""Loader registry: `load(source, input_path, on_error=..., **options) -> RecDataset`.
+
+Each source has one module (its docstring documents the files it reads and
+its options). Every loader takes `input_path` and keyword `on_error`
+('raise' | 'skip', see `recjax.data.errors`) plus source-specific options,
+and returns a `RecDataset` whose `skipped` counts dropped records by reason.
+Loaders whose source has an item file also take `missing_title`
+('skip' | 'id'; see `recjax.data.dataset.DatasetBuilder`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from recjax.data import synthetic
+from recjax.data.dataset import RecDataset
+from recjax.data.errors import check_on_error
+from recjax.data.loaders import (amazon2014, amazon2018, generic, lastfm,
+                                 lastfm_llara, movielens, recbole, steam)
+
+Loader = Callable[..., RecDataset]
+
+LOADERS: dict[str, Loader] = {
+    "movielens": movielens.load,
+    "amazon2014": amazon2014.load,
+    "amazon2018": amazon2018.load,
+    "steam": steam.load,
+    "lastfm": lastfm.load,
+    "lastfm_llara": lastfm_llara.load,
+    "recbole": recbole.load,
+    "csv": generic.load_csv,
+    "jsonl": generic.load_jsonl,
+    "synthetic": synthetic.load,
+}
+NEEDS_NO_INPUT = frozenset({"synthetic"})
+
+
+def get_loader(source: str) -> Loader:
+  try:
+    return LOADERS[source]
+  except KeyError:
+    raise ValueError(f"unknown data source {source!r}; known sources: "
+                     f"{', '.join(sorted(LOADERS))}") from None
+
+
+def load(source: str, input_path: str | None, on_error: str = "raise",
+         **options: Any) -> RecDataset:
+  """Loads `input_path` with the loader registered as `source`."""
+  loader = get_loader(source)
+  check_on_error(on_error)
+  if input_path is None and source not in NEEDS_NO_INPUT:
+    raise ValueError(f"source {source!r} needs an input path")
+  try:
+    return loader(None if input_path is None else str(input_path),
+                  on_error=on_error, **options)
+  except TypeError as e:
+    if "unexpected keyword argument" in str(e):
+      raise TypeError(f"{source}: {e}; see the docstring of "
+                      f"{loader.__module__} for its options") from None
+    raise

@@ -1,0 +1,195 @@
+"""The `recjax` command: prepare, show, train (infer and eval arrive with evaluation).
+
+Each sub-command defines only its own absl flags, so `recjax prepare --help`
+lists what `prepare` takes. T5X users will recognise `train`:
+`recjax train --gin_file=... --gin.KEY=VALUE`.
+"""
+from __future__ import annotations
+
+import importlib.util  # noqa: F401  (gin-config 0.5.0 needs it before gin)
+import os
+import sys
+import time
+from typing import Callable, Sequence
+
+import recjax  # noqa: F401  (quiets TensorFlow before anything imports it)
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+DEFAULT_DATA_DIR = os.path.join("~", ".cache", "recjax")
+
+
+def data_dir() -> str:
+  """Where the embedded default and `--output`-less prepares live."""
+  return os.path.expanduser(os.environ.get("RECJAX_DATA_DIR", DEFAULT_DATA_DIR))
+
+
+# ---------------------------------------------------------------- prepare
+def _define_prepare_flags():
+  flags.DEFINE_string("source", None, "Loader name: movielens, amazon2014, "
+                      "amazon2018, steam, lastfm, lastfm_llara, recbole, csv, "
+                      "jsonl, synthetic.", required=True)
+  flags.DEFINE_string("input", None, "Raw data file or directory (not needed "
+                      "for --source=synthetic).")
+  flags.DEFINE_string("output", None, "Prepared directory to create. Default: "
+                      "$RECJAX_DATA_DIR/<name>.")
+  flags.DEFINE_string("name", None, "Dataset name used in task names "
+                      "(<name>_retrieval, ...). Default: from source/input.")
+  flags.DEFINE_integer("kcore", 5, "Keep users and items with >= K "
+                       "interactions (iterated); 0 disables.")
+  flags.DEFINE_enum("on_error", "raise", ["raise", "skip"], "Bad records: "
+                    "fail naming file/line/field, or skip and count them in "
+                    "stats.json.")
+  flags.DEFINE_enum("dedup", "first", ["first", "last", "keep"],
+                    "Repeated (user, item) pairs: keep the first, the last, or all.")
+  flags.DEFINE_integer("max_history", 20, "History length cap in prompts.")
+  flags.DEFINE_enum("item_format", "title_id", ["title", "id", "title_id"],
+                    "How prompts name items.")
+  flags.DEFINE_integer("num_negatives", 99, "Ranking negatives per example.")
+  flags.DEFINE_integer("seed", 0, "Seed for every sampled choice in prompts.")
+  flags.DEFINE_list("tasks", None, "Tasks to write (default: all that apply).")
+  flags.DEFINE_string("vocab", None, "Existing SentencePiece model (e.g. "
+                      "FLAN-T5's spiece.model) instead of training one.")
+  flags.DEFINE_integer("vocab_size", None, "Size of the trained vocabulary.")
+  flags.DEFINE_multi_string("option", [], "Loader option KEY=VALUE, e.g. "
+                            "num_users=5000 for synthetic or "
+                            "columns=user=uid,item=iid for csv.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+
+
+def _parse_options(pairs: Sequence[str]) -> dict:
+  options = {}
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    if not sep or not key:
+      raise app.UsageError(f"--option {pair!r}: expected KEY=VALUE")
+    for cast in (int, float):
+      try:
+        value = cast(value)
+        break
+      except ValueError:
+        pass
+    options[key.strip()] = value
+  return options
+
+
+def _prepare(argv):
+  del argv
+  from recjax.data import prepare as prepare_lib
+  from recjax.data.prepared import atomic_directory
+  from recjax.prompts import PromptConfig
+  from recjax.prompts import export
+
+  name = FLAGS.name or (FLAGS.source if FLAGS.source == "synthetic" or
+                        not FLAGS.input else
+                        os.path.basename(os.path.normpath(FLAGS.input)))
+  output = FLAGS.output or os.path.join(data_dir(), name)
+  start = time.time()
+  print(f"[recjax] preparing {FLAGS.source} -> {output}", file=sys.stderr)
+  with atomic_directory(output, overwrite=FLAGS.overwrite) as tmp:
+    data = prepare_lib.build_prepared(
+        FLAGS.source, FLAGS.input, name=name, kcore=FLAGS.kcore,
+        on_error=FLAGS.on_error, dedup=FLAGS.dedup,
+        max_history=FLAGS.max_history, options=_parse_options(FLAGS.option))
+    data.write_into(tmp)
+    config = PromptConfig(item_format=FLAGS.item_format,
+                          max_history=FLAGS.max_history,
+                          num_negatives=FLAGS.num_negatives)
+    manifest = export.write_task_files(
+        data, tmp, config=config, seed=FLAGS.seed, tasks=FLAGS.tasks,
+        vocab_path=FLAGS.vocab, vocab_size=FLAGS.vocab_size)
+  print(f"[recjax] {data.num_users} users, {data.num_items} items, "
+        f"{data.num_interactions} interactions; "
+        f"{sum(sum(s.values()) for s in manifest['counts'].values())} examples "
+        f"in {len(manifest['counts'])} tasks; {time.time() - start:.1f}s",
+        file=sys.stderr)
+  print(output)
+
+
+# ---------------------------------------------------------------- show
+def _define_show_flags():
+  flags.DEFINE_string("task", None, "Registered task or mixture name.",
+                      required=True)
+  flags.DEFINE_string("split", "train", "Split to read.")
+  flags.DEFINE_integer("num_examples", 5, "How many examples.", short_name="n")
+  flags.DEFINE_multi_string("prepared_dir", [], "Also register the tasks of "
+                            "these prepared directories.")
+
+
+def _show(argv):
+  del argv
+  import seqio
+  import seqio_tasks
+  from seqio_tasks import registry
+  from seqio_tasks import show
+  del seqio_tasks
+  for d in FLAGS.prepared_dir:
+    registry.register_prepared(d)
+  if FLAGS.task in seqio.MixtureRegistry.names():
+    show.mixture_summary(FLAGS.task)
+  show.show_examples(FLAGS.task, FLAGS.split, FLAGS.num_examples)
+
+
+# ---------------------------------------------------------------- train
+def _define_gin_flags():
+  flags.DEFINE_multi_string("gin_file", [], "Gin files, in order (model "
+                            "config first, then the run config).")
+  flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings KEY = VALUE.")
+  flags.DEFINE_multi_string("gin_search_paths", ["gin_configs", "."],
+                            "Where --gin_file names are looked up.")
+
+
+def _train(argv):
+  del argv
+  from recjax.train import train_main
+  train_main.run_train(FLAGS.gin_file, FLAGS.gin_bindings,
+                       FLAGS.gin_search_paths)
+
+
+COMMANDS: dict[str, tuple[Callable[[], None], Callable[[Sequence[str]], None],
+                          str]] = {
+    "prepare": (_define_prepare_flags, _prepare,
+                "raw logs -> prepared directory + task files + vocabulary"),
+    "show": (_define_show_flags, _show,
+             "print decoded examples of a registered task or mixture"),
+    "train": (_define_gin_flags, _train,
+              "train a model on a SeqIO task or mixture (gin-configured)"),
+}
+
+
+def _usage() -> str:
+  lines = ["usage: recjax COMMAND [--flags]", "", "commands:"]
+  lines += [f"  {name:<8} {doc}" for name, (_, _, doc) in COMMANDS.items()]
+  lines.append("\n`recjax COMMAND --help` lists a command's flags.")
+  return "\n".join(lines)
+
+
+def _rewrite_gin_flags(args: Sequence[str]) -> list[str]:
+  """`--gin.KEY=VALUE` (T5X's spelling) -> `--gin_bindings=KEY = VALUE`."""
+  out = []
+  for arg in args:
+    if arg.startswith("--gin.") and "=" in arg:
+      key, value = arg[len("--gin."):].split("=", 1)
+      out.append(f"--gin_bindings={key} = {value}")
+    else:
+      out.append(arg)
+  return out
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(_usage())
+    sys.exit(0 if len(argv) >= 2 else 2)
+  command = argv[1]
+  if command not in COMMANDS:
+    print(f"recjax: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+    sys.exit(2)
+  define, main, _ = COMMANDS[command]
+  define()
+  app.run(main, argv=[f"{argv[0]} {command}"] + _rewrite_gin_flags(argv[2:]))
+
+
+if __name__ == "__main__":
+  run()

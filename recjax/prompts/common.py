@@ -1,0 +1,282 @@
+"""What every prompt family shares: the config, item mentions, seeds, templates.
+
+Every prompt function is a pure function of (PreparedData, split, PromptConfig,
+seed). Randomness is drawn from a counter-based generator keyed by
+(seed, task, split, unit) where the unit is a user or an item, so an example
+never depends on iteration order, on which shard produced it, or on how many
+processes ran.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import threading
+import weakref
+from typing import Any, Sequence
+
+import numpy as np
+
+from recjax.data.prepared import PreparedData
+from recjax.data.split import MIN_LEN_FOR_EVAL, SPLITS, HeldOut, check_split
+
+ITEM_FORMATS = ("title", "id", "title_id")
+TASK_CODES = {"retrieval": 1, "ranking": 2, "rating": 3, "mim": 4, "mlm": 5,
+              "bpr": 6, "ie": 7}
+SPLIT_CODES = {s: i for i, s in enumerate(SPLITS)}
+Example = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+  """How prompts are written. Hashable, so derived tables can be cached.
+
+  Attributes:
+    item_format: how items are mentioned in inputs: 'title', 'id', or
+      'title_id' (`"Great Lash Mascara" (item_1042)`). Targets follow it:
+      'title' -> the title, 'id' and 'title_id' -> the item id (an id is short
+      and unambiguous to decode; the title is already in the inputs).
+    max_history: most recent items kept in a history.
+    min_history: shortest history for a training prefix.
+    num_negatives: sampled negatives per ranking example (clamped to what the
+      catalogue leaves after removing the user's items).
+    retrieval_all_prefixes: train retrieval on every prefix of the training
+      sequence (else only on the last one).
+    rating_all_prefixes: same, for rating.
+    ranking_prefixes_per_user: training ranking examples per user (the last
+      prefix, then random earlier ones); 0 = every prefix.
+    bpr_pairs_per_user: training BPR pairs per user (0 = every prefix).
+    mim_examples_per_user: masked sequences per user (the most recent window,
+      then random earlier windows).
+    mim_mask_prob: probability of masking each item (at least one item is
+      masked and one stays visible).
+    mlm_noise_density, mlm_mean_noise_span_length: T5 span corruption.
+    mlm_max_words: item text is cut to this many words before corruption.
+    ie_directions: 'both' (id->title and title->id per item) or 'random' (one
+      of them per item).
+    template: None draws a template per example; an int fixes it.
+  """
+  item_format: str = "title_id"
+  max_history: int = 20
+  min_history: int = 1
+  num_negatives: int = 99
+  retrieval_all_prefixes: bool = True
+  rating_all_prefixes: bool = True
+  ranking_prefixes_per_user: int = 1
+  bpr_pairs_per_user: int = 3
+  mim_examples_per_user: int = 1
+  mim_mask_prob: float = 0.2
+  mlm_noise_density: float = 0.15
+  mlm_mean_noise_span_length: float = 3.0
+  mlm_max_words: int = 128
+  ie_directions: str = "both"
+  template: int | None = None
+
+  def __post_init__(self):
+    if self.item_format not in ITEM_FORMATS:
+      raise ValueError(f"item_format {self.item_format!r} not in {ITEM_FORMATS}")
+    if self.max_history < 1 or self.min_history < 1:
+      raise ValueError("max_history and min_history must be >= 1")
+    if self.num_negatives < 0:
+      raise ValueError("num_negatives must be >= 0")
+    if not 0.0 < self.mim_mask_prob < 1.0:
+      raise ValueError("mim_mask_prob must be in (0, 1)")
+    if not 0.0 < self.mlm_noise_density < 1.0:
+      raise ValueError("mlm_noise_density must be in (0, 1)")
+    if self.ie_directions not in ("both", "random"):
+      raise ValueError("ie_directions must be 'both' or 'random'")
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+# ---- randomness -------------------------------------------------------------
+def _stream_key(seed: int, task: str, split: str) -> int:
+  h = hashlib.blake2b(f"{int(seed)}/{TASK_CODES[task]}/{SPLIT_CODES[split]}"
+                      .encode(), digest_size=8)
+  return int.from_bytes(h.digest(), "little")
+
+
+class Rngs:
+  """Per-(seed, task, split, unit) generators; counter-based (Philox).
+
+  `for_unit(u)` re-keys one reusable Generator (microseconds, where building a
+  fresh `default_rng` costs ~20 us): finish with it before asking for the next.
+  """
+
+  def __init__(self, seed: int, task: str, split: str):
+    self._key0 = _stream_key(seed, task, split)
+    self._bitgen = np.random.Philox(key=np.array([self._key0, 0], np.uint64))
+    self._gen = np.random.Generator(self._bitgen)
+    self._state = self._bitgen.state
+
+  def for_unit(self, unit: int) -> np.random.Generator:
+    st = self._state
+    st["state"]["key"] = np.array([self._key0, int(unit)], np.uint64)
+    st["state"]["counter"] = np.zeros(4, np.uint64)
+    st["buffer"] = np.zeros(4, np.uint64)
+    st["buffer_pos"] = 4
+    st["has_uint32"] = 0
+    st["uinteger"] = 0
+    self._bitgen.state = st
+    return self._gen
+
+
+def pick_template(rng: np.random.Generator, num_templates: int,
+                  config: PromptConfig) -> int:
+  if config.template is None:
+    return int(rng.integers(num_templates))
+  if not 0 <= config.template < num_templates:
+    raise ValueError(f"template {config.template} out of range "
+                     f"[0, {num_templates})")
+  return config.template
+
+
+# ---- item text ----------------------------------------------------------------
+def _clean(text: Any) -> str:
+  return " ".join(str(text or "").split())
+
+
+def mention(item_id: str, title: str, item_format: str) -> str:
+  """How an item appears in an input."""
+  if item_format == "id" or not title:
+    return item_id
+  if item_format == "title":
+    return title
+  return f'"{title}" ({item_id})'
+
+
+def target_text(item_id: str, title: str, item_format: str) -> str:
+  """How an item appears as a target: the title for 'title', else the id."""
+  if item_format == "title" and title:
+    return title
+  return item_id
+
+
+@dataclasses.dataclass
+class Context:
+  """Tables derived once per (data, config): mentions, targets, ids."""
+  ids: list[str]
+  titles: list[str]
+  mentions: list[str]
+  targets: list[str]
+  rating_scale: tuple[int, int]
+
+  @classmethod
+  def build(cls, data: PreparedData, config: PromptConfig) -> "Context":
+    ids = [str(it["id"]) for it in data.items]
+    titles = [_clean(it.get("title")) for it in data.items]
+    fmt = config.item_format
+    lo, hi = 1, 5
+    if data.has_ratings:
+      lo = int(math.floor(float(np.nanmin(data.seq_ratings))))
+      hi = int(math.ceil(float(np.nanmax(data.seq_ratings))))
+    return cls(ids=ids, titles=titles,
+               mentions=[mention(i, t, fmt) for i, t in zip(ids, titles)],
+               targets=[target_text(i, t, fmt) for i, t in zip(ids, titles)],
+               rating_scale=(lo, hi))
+
+
+_CACHE: dict[tuple[int, PromptConfig], tuple[Any, Context]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def context(data: PreparedData, config: PromptConfig) -> Context:
+  """Cached `Context.build` (keyed by object identity, checked by weakref)."""
+  key = (id(data), config)
+  with _CACHE_LOCK:
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is data:
+      return hit[1]
+  ctx = Context.build(data, config)
+  with _CACHE_LOCK:
+    if len(_CACHE) > 16:
+      _CACHE.clear()
+    _CACHE[key] = (weakref.ref(data), ctx)
+  return ctx
+
+
+def history_text(ctx: Context, items: Sequence[int]) -> str:
+  m = ctx.mentions
+  return "; ".join([m[i] for i in items])
+
+
+def format_rating(r: float) -> str:
+  """Rating as target text: '4', or '4.5' for half stars."""
+  r = round(float(r) * 2) / 2
+  return str(int(r)) if r == int(r) else f"{r:.1f}"
+
+
+# ---- units and shards -----------------------------------------------------------
+def units(n: int, shard: tuple[int, int] | None) -> range:
+  """The users (or items) of one shard: every count-th unit from index."""
+  if shard is None:
+    return range(n)
+  index, count = shard
+  if not 0 <= index < count:
+    raise ValueError(f"bad shard {shard}")
+  return range(index, n, count)
+
+
+def example(inputs: str, targets: str, task: str, template_id: int, *,
+            target_item: str = "", candidates: Sequence[str] = (),
+            rating: float = float("nan")) -> Example:
+  return {"inputs": inputs, "targets": targets, "task": task,
+          "template_id": template_id, "target_item": target_item,
+          "candidates": list(candidates), "rating": float(rating)}
+
+
+def sample_negatives(rng: np.random.Generator, num_items: int,
+                     exclude: np.ndarray, k: int) -> np.ndarray:
+  """k distinct item indices not in `exclude` (fewer if the catalogue is small).
+
+  Draws k distinct ranks among the allowed items and maps each rank r to the
+  r-th allowed item: r + (number of excluded items at or below it), found by
+  a binary search over `sorted(exclude) - arange`. No rejection loop, so the
+  cost does not grow with the user's history.
+  """
+  excluded = np.unique(exclude)
+  available = num_items - len(excluded)
+  k = min(k, available)
+  if k <= 0:
+    return np.zeros(0, np.int64)
+  ranks = rng.choice(available, size=k, replace=False)
+  shift = excluded - np.arange(len(excluded))
+  return ranks + np.searchsorted(shift, ranks, side="right")
+
+
+def held_out_case(data: PreparedData, split: str, user: int,
+                  max_history: int) -> HeldOut | None:
+  """`recjax.data.split.held_out` for one user (None if the user has none).
+
+  Lets a shard visit only its own users; tests check it matches held_out().
+  """
+  seq = data.sequence(user)
+  if len(seq) < MIN_LEN_FOR_EVAL:
+    return None
+  ratings = data.ratings(user)
+  end = len(seq) - (2 if split == "validation" else 1)
+  start = max(0, end - max_history)
+  return HeldOut(user=user, history=seq[start:end],
+                 history_ratings=ratings[start:end], target=int(seq[end]),
+                 target_rating=float(ratings[end]))
+
+
+def train_prefixes(seq: np.ndarray, config: PromptConfig) -> range:
+  """Target positions t of a training sequence (history = seq[:t], capped)."""
+  return range(config.min_history, len(seq))
+
+
+def choose_positions(rng: np.random.Generator, positions: range,
+                     k: int) -> list[int]:
+  """The last position, then k-1 random earlier ones (k=0: all), ascending."""
+  if not len(positions):
+    return []
+  if k <= 0 or k >= len(positions):
+    return list(positions)
+  rest = rng.choice(len(positions) - 1, size=k - 1, replace=False)
+  return sorted([positions[int(i)] for i in rest] + [positions[-1]])
+
+
+def check_split_name(split: str) -> str:
+  return check_split(split)

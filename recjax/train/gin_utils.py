@@ -1,0 +1,113 @@
+"""T5X-style gin flag handling: --gin_file, --gin.KEY=VALUE, --gin_search_paths.
+
+gin-config 0.5.0 uses `importlib.util` without importing it; import it first.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util  # noqa: F401  (must precede `import gin`)
+import os
+import re
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from absl import logging
+import gin
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+DEFAULT_SEARCH_PATHS = (os.path.join(PROJECT_ROOT, 'gin_configs'), PROJECT_ROOT)
+
+
+def rewrite_gin_args(args: Sequence[str]) -> List[str]:
+  """Turns `--gin.KEY=VALUE` into `--gin_bindings=KEY = VALUE` (as T5X)."""
+  out = []
+  for arg in args:
+    m = re.match(r'^--gin\.([^=]+)=(.*)$', arg, re.S)
+    if m:
+      out.append(f'--gin_bindings={m.group(1)} = {m.group(2)}')
+    else:
+      out.append(arg)
+  return out
+
+
+def split_gin_args(args: Sequence[str]
+                  ) -> Tuple[List[str], List[str], List[str], List[str]]:
+  """(gin_files, gin_bindings, search_paths, remaining) from raw argv."""
+  files, bindings, paths, rest = [], [], [], []
+  args = list(rewrite_gin_args(args))
+  i = 0
+  while i < len(args):
+    a = args[i]
+    for flag, sink in (('--gin_file', files), ('--gin_bindings', bindings),
+                       ('--gin_search_paths', paths)):
+      if a == flag and i + 1 < len(args):
+        sink.append(args[i + 1])
+        i += 1
+        break
+      if a.startswith(flag + '='):
+        sink.append(a[len(flag) + 1:])
+        break
+    else:
+      rest.append(a)
+    i += 1
+  search = []
+  for p in paths:
+    search.extend(x for x in p.split(',') if x)
+  return files, bindings, search, rest
+
+
+def _import_gin_modules(gin_files: Iterable[str], search_paths: Sequence[str]):
+  """Imports modules named in `import` lines (and of included files)."""
+  seen = set()
+  def visit(path):
+    if path in seen or not os.path.isfile(path):
+      return
+    seen.add(path)
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        m = re.match(r'^\s*import\s+([\w.]+)', line)
+        if m:
+          try:
+            importlib.import_module(m.group(1))
+          except ImportError as e:
+            raise ImportError(f'{path}: cannot import {m.group(1)}: {e}') from e
+        m = re.match(r'^\s*include\s+[\'"](.+)[\'"]', line)
+        if m:
+          visit(_find(m.group(1), search_paths) or m.group(1))
+  for f in gin_files:
+    visit(_find(f, search_paths) or f)
+
+
+def _find(name: str, search_paths: Sequence[str]) -> Optional[str]:
+  if os.path.isabs(name):
+    return name if os.path.isfile(name) else None
+  for base in list(search_paths) + [os.getcwd()]:
+    p = os.path.join(base, name)
+    if os.path.isfile(p):
+      return p
+  return None
+
+
+def parse_gin_flags(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
+                    search_paths: Sequence[str] = (),
+                    skip_unknown: bool = False,
+                    finalize_config: bool = True) -> None:
+  """Parses gin files then bindings; files are looked up in `search_paths`,
+  `gin_configs/` of the project, the project root and the cwd."""
+  paths = [os.path.abspath(p) for p in search_paths] + list(
+      DEFAULT_SEARCH_PATHS)
+  for p in paths:
+    gin.add_config_file_search_path(p)
+  gin.add_config_file_search_path(os.getcwd())
+  _import_gin_modules(gin_files, paths)
+  resolved = []
+  for f in gin_files:
+    found = _find(f, paths)
+    if found is None:
+      raise FileNotFoundError(
+          f'gin file {f!r} not found in {paths + [os.getcwd()]}')
+    resolved.append(found)
+  logging.info('gin files: %s; bindings: %s', resolved, list(gin_bindings))
+  gin.parse_config_files_and_bindings(resolved, list(gin_bindings),
+                                      skip_unknown=skip_unknown,
+                                      finalize_config=finalize_config)

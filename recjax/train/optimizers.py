@@ -1,0 +1,139 @@
+"""Optimizers (T5X-default Adafactor, AdamW), learning-rate schedules, freezing.
+
+Freezing is done in the optimizer: parameters whose '/'-joined path matches a
+`frozen_patterns` regex are routed to `optax.set_to_zero()` by
+`optax.multi_transform`, so they get exactly-zero updates and the inner
+optimizer keeps no state for them.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+Schedule = Callable[[jax.Array], jax.Array]
+TRAINABLE = 'trainable'
+FROZEN = 'frozen'
+
+
+# --- schedules ---------------------------------------------------------------
+@gin.configurable(module='schedules')
+def constant(learning_rate: float = 1e-3, warmup_steps: int = 0) -> Schedule:
+  """Constant rate after a linear warm-up from 0 over `warmup_steps`."""
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    if warmup_steps:
+      return learning_rate * jnp.minimum(1.0, (step + 1.0) / warmup_steps)
+    return jnp.full((), learning_rate, jnp.float32)
+  return schedule
+
+
+@gin.configurable(module='schedules')
+def rsqrt(learning_rate: float = 1.0, warmup_steps: int = 10_000) -> Schedule:
+  """T5X's `rsqrt_decay`: lr / sqrt(max(step, warmup_steps)).
+
+  With learning_rate=1.0 and 10k warm-up this is the T5 pre-training schedule
+  (constant 0.01 for 10k steps, then inverse square root).
+  """
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    return learning_rate / jnp.sqrt(jnp.maximum(step, float(warmup_steps)))
+  return schedule
+
+
+@gin.configurable(module='schedules')
+def cosine(learning_rate: float = 1e-3, decay_steps: int = 10_000,
+           warmup_steps: int = 0, alpha: float = 0.0) -> Schedule:
+  """Linear warm-up to `learning_rate`, then cosine decay to alpha * lr."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
+      decay_steps=max(decay_steps, warmup_steps + 1),
+      end_value=alpha * learning_rate)
+
+
+# --- optimizers --------------------------------------------------------------
+@gin.configurable(module='optimizers')
+def adafactor(learning_rate: Optional[Schedule] = None,
+              decay_rate: float = 0.8,
+              step_offset: int = 0,
+              multiply_by_parameter_scale: bool = True,
+              clipping_threshold: Optional[float] = 1.0,
+              momentum: Optional[float] = None,
+              weight_decay_rate: Optional[float] = None,
+              min_dim_size_to_factor: int = 128,
+              epsilon1: float = 1e-30,
+              epsilon2: float = 1e-3,
+              factored: bool = True) -> optax.GradientTransformation:
+  """Adafactor with T5X's defaults (factored second moments, no momentum).
+
+  Defaults follow `t5x.adafactor.Adafactor`: decay_rate 0.8, clipping
+  threshold 1.0, parameter-scale multiplication with epsilon2 = 1e-3,
+  epsilon1 = 1e-30, factoring dims >= 128, beta1 None.
+  """
+  return optax.adafactor(
+      learning_rate=learning_rate if learning_rate is not None else constant(),
+      min_dim_size_to_factor=min_dim_size_to_factor,
+      decay_rate=decay_rate, decay_offset=step_offset,
+      multiply_by_parameter_scale=multiply_by_parameter_scale,
+      clipping_threshold=clipping_threshold, momentum=momentum,
+      weight_decay_rate=weight_decay_rate, eps=epsilon1, factored=factored)
+
+
+@gin.configurable(module='optimizers')
+def adamw(learning_rate: Optional[Schedule] = None, b1: float = 0.9,
+          b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+          grad_clip_norm: Optional[float] = None
+          ) -> optax.GradientTransformation:
+  """AdamW, optionally preceded by global-norm gradient clipping."""
+  tx = optax.adamw(learning_rate if learning_rate is not None else constant(),
+                   b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  if grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+  return tx
+
+
+def param_path(path) -> str:
+  """'/'-joined names of a params tree path, e.g. 'encoder/layers_0/mlp/wi/kernel'."""
+  parts = []
+  for k in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+  return '/'.join(parts)
+
+
+def frozen_labels(params: Any, frozen_patterns: Sequence[str]) -> Any:
+  """Tree of 'frozen' / 'trainable' labels (regex search over param paths)."""
+  compiled = [re.compile(p) for p in frozen_patterns]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: FROZEN if any(c.search(param_path(path))
+                                    for c in compiled) else TRAINABLE, params)
+
+
+@gin.configurable(module='optimizers')
+def build_optimizer(optimizer: Optional[optax.GradientTransformation] = None,
+                    frozen_patterns: Sequence[str] = (),
+                    params: Any = None) -> optax.GradientTransformation:
+  """Wraps `optimizer` so parameters matching `frozen_patterns` stay fixed.
+
+  Args:
+    optimizer: the inner transformation (default: T5X-default Adafactor).
+    frozen_patterns: regexes over '/'-joined parameter paths.
+    params: the parameter tree (needed to check that patterns match something).
+  """
+  optimizer = optimizer if optimizer is not None else adafactor()
+  if not frozen_patterns:
+    return optimizer
+  if params is not None:
+    labels = frozen_labels(params, frozen_patterns)
+    if FROZEN not in jax.tree_util.tree_leaves(labels):
+      raise ValueError(f'frozen_patterns {list(frozen_patterns)} match no '
+                       'parameter; check the paths (e.g. "encoder/.*").')
+  return optax.multi_transform(
+      {TRAINABLE: optimizer, FROZEN: optax.set_to_zero()},
+      lambda p: frozen_labels(p, frozen_patterns))

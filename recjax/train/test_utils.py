@@ -1,0 +1,135 @@
+"""Tiny real objects for trainer tests (as t5x/test_utils.py): a SeqIO task
+over synthetic text pairs and a small encoder-decoder Flax module with the
+`recjax.models.t5.Transformer` call signature and logical-axis annotations."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import seqio
+import tensorflow as tf
+
+BYTE_VOCAB = seqio.ByteVocabulary()  # 259 ids (3 special + 256 bytes)
+
+
+def _pairs(split: str, n: int, seed: int):
+  rng = np.random.RandomState({'train': seed, 'validation': seed + 1}[split])
+  words = ['apple', 'brick', 'cloud', 'delta', 'ember', 'fjord', 'grape',
+           'harbor', 'iris', 'jade']
+  inputs, targets = [], []
+  for _ in range(n):
+    k = rng.randint(1, 5)
+    seq = [words[i] for i in rng.randint(0, len(words), size=k)]
+    inputs.append('reverse: ' + ' '.join(seq))
+    targets.append(' '.join(reversed(seq)))
+  return inputs, targets
+
+
+def register_tiny_task(name: str = 'recjax_tiny_test', num_train: int = 256,
+                       num_validation: int = 24, seed: int = 0) -> str:
+  """Registers (once) a byte-vocabulary text-to-text task; returns its name."""
+  if name in seqio.TaskRegistry.names():
+    return name
+  data = {s: _pairs(s, n, seed) for s, n in
+          (('train', num_train), ('validation', num_validation))}
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del shuffle_files, seed
+    inputs, targets = data[split]
+    return tf.data.Dataset.from_tensor_slices({'inputs': inputs,
+                                               'targets': targets})
+
+  features = {
+      'inputs': seqio.Feature(BYTE_VOCAB, add_eos=True),
+      'targets': seqio.Feature(BYTE_VOCAB, add_eos=True),
+  }
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(
+          dataset_fn, splits=('train', 'validation'),
+          num_input_examples={'train': num_train,
+                              'validation': num_validation}),
+      preprocessors=[
+          seqio.preprocessors.tokenize,
+          seqio.CacheDatasetPlaceholder(),
+          seqio.preprocessors.append_eos_after_trim,
+      ],
+      output_features=features)
+  return name
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyConfig:
+  vocab_size: int = 384
+  emb_dim: int = 16
+  num_heads: int = 4
+  head_dim: int = 4
+  mlp_dim: int = 32
+  dropout_rate: float = 0.0
+  dtype: str = 'float32'
+
+
+def _dense(features, axes, name):
+  return nn.DenseGeneral(
+      features, use_bias=False, name=name,
+      kernel_init=nn.with_logical_partitioning(
+          nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'), axes))
+
+
+class TinyEncoderDecoder(nn.Module):
+  """Embedding, an MLP encoder and a decoder that cross-attends to it."""
+  config: TinyConfig
+
+  @nn.compact
+  def __call__(self, encoder_input_tokens, decoder_input_tokens,
+               decoder_target_tokens, encoder_segment_ids=None,
+               decoder_segment_ids=None, encoder_positions=None,
+               decoder_positions=None, *, input_embeddings=None,
+               embedding_mask=None, enable_dropout=True, decode=False):
+    del decoder_target_tokens, encoder_positions, decoder_positions, decode
+    del input_embeddings, embedding_mask
+    cfg = self.config
+    embed = nn.Embed(cfg.vocab_size, cfg.emb_dim, name='token_embedder',
+                     embedding_init=nn.with_logical_partitioning(
+                         nn.initializers.normal(1.0), ('vocab', 'embed')))
+    drop = nn.Dropout(cfg.dropout_rate, deterministic=not enable_dropout)
+    x = embed(encoder_input_tokens)
+    h = nn.relu(_dense(cfg.mlp_dim, ('embed', 'mlp'), 'enc_wi')(x))
+    x = x + _dense(cfg.emb_dim, ('mlp', 'embed'), 'enc_wo')(drop(h))
+    y = embed(decoder_input_tokens)
+    q = _dense((cfg.num_heads, cfg.head_dim), ('embed', 'heads', 'kv'),
+               'query')(y)
+    k = _dense((cfg.num_heads, cfg.head_dim), ('embed', 'heads', 'kv'),
+               'key')(x)
+    v = _dense((cfg.num_heads, cfg.head_dim), ('embed', 'heads', 'kv'),
+               'value')(x)
+    mask = (encoder_input_tokens > 0)[:, None, None, :]
+    if encoder_segment_ids is not None and decoder_segment_ids is not None:
+      mask = mask & (decoder_segment_ids[:, None, :, None] ==
+                     encoder_segment_ids[:, None, None, :])
+    att = jnp.einsum('bqhd,bkhd->bhqk', q, k) / np.sqrt(cfg.head_dim)
+    att = jnp.where(mask, att, -1e9)
+    att = nn.softmax(att, axis=-1)
+    o = jnp.einsum('bhqk,bkhd->bqhd', att, v)
+    y = y + nn.DenseGeneral(
+        cfg.emb_dim, axis=(-2, -1), use_bias=False, name='out',
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'),
+            ('heads', 'kv', 'embed')))(o)
+    h = nn.gelu(_dense(cfg.mlp_dim, ('embed', 'mlp'), 'dec_wi')(y))
+    y = y + _dense(cfg.emb_dim, ('mlp', 'embed'), 'dec_wo')(drop(h))
+    scale = self.param('final_scale', nn.with_logical_partitioning(
+        nn.initializers.ones, ('embed',)), (cfg.emb_dim,))
+    y = y * scale
+    logits = _dense(cfg.vocab_size, ('embed', 'vocab'), 'logits_dense')(y)
+    return logits.astype(jnp.float32)
+
+
+def tiny_model(config: Optional[TinyConfig] = None, **kwargs):
+  from recjax.train import model_api  # pylint: disable=g-import-not-at-top
+  return model_api.EncoderDecoderModel(
+      TinyEncoderDecoder(config or TinyConfig()), BYTE_VOCAB, BYTE_VOCAB,
+      **kwargs)

@@ -1,0 +1,527 @@
+"""The recjax trainer: T5X's `train()` in small (jit + NamedShardings, optax, orbax).
+
+`train()` is the gin entry point (T5X macro names: MODEL_DIR,
+MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE,
+INITIAL_CHECKPOINT_PATH, USE_CACHED_TASKS, EVAL_PERIOD, EVAL_STEPS,
+RANDOM_SEED). The per-step work is the pure `make_train_step` function, which
+tests call directly on different meshes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import seqio
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from recjax.train import checkpointing
+from recjax.train import metrics_writer as metrics_lib
+from recjax.train import model_api
+from recjax.train import optimizers
+from recjax.train import partitioning
+
+PyTree = Any
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when a step produced a NaN/Inf loss, gradient or update."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+
+
+# ----------------------------------------------------------------- step fns
+def _split_microbatches(batch: Mapping[str, jax.Array], n: int):
+  """[B, ...] -> [n, B/n, ...] with microbatch i = rows i, i+n, i+2n, ...
+
+  Strided (not contiguous) so each data shard contributes equally to every
+  microbatch and no cross-device reshuffle is needed.
+  """
+  def split(x):
+    b = x.shape[0]
+    if b % n:
+      raise ValueError(f'Batch size {b} is not divisible by num_microbatches={n}')
+    x = x.reshape((b // n, n) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return {k: split(v) for k, v in batch.items()}
+
+
+def make_train_step(model: model_api.BaseModel,
+                    tx: optax.GradientTransformation,
+                    num_microbatches: Optional[int] = None,
+                    data_sharding: Optional[NamedSharding] = None
+                   ) -> Callable[[TrainState, Mapping[str, jax.Array], jax.Array],
+                                 Tuple[TrainState, Mapping[str, jax.Array]]]:
+  """Pure (state, batch, rng) -> (state, metrics).
+
+  Gradients of microbatches are summed with `lax.scan`; every microbatch's
+  loss is normalised by the *full* batch's normalizer, so the accumulated
+  gradient equals the full-batch gradient. Non-finite loss/gradients/updates
+  leave params and optimizer state unchanged (the step counter still
+  advances) and set `metrics['finite'] = 0`.
+  """
+  n = num_microbatches or 1
+
+  def loss_and_grad(params, mb, rng, normalizer):
+    (loss, metrics), grads = jax.value_and_grad(
+        model.loss_fn, has_aux=True)(params, mb, rng, normalizer)
+    del loss
+    return grads, metrics
+
+  def step_fn(state: TrainState, batch, rng):
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    normalizer = model.loss_normalizer(batch)
+    if n == 1:
+      grads, metrics = loss_and_grad(state.params, batch, dropout_rng,
+                                     normalizer)
+    else:
+      mbs = _split_microbatches(batch, n)
+      if data_sharding is not None:
+        mbs = jax.lax.with_sharding_constraint(
+            mbs, NamedSharding(data_sharding.mesh,
+                               P(None, *data_sharding.spec)))
+      zero_grads = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+      zero_metrics = jax.tree_util.tree_map(
+          lambda s: jnp.zeros(s.shape, s.dtype),
+          jax.eval_shape(lambda p, b: loss_and_grad(p, b, dropout_rng,
+                                                    normalizer)[1],
+                         state.params, jax.tree_util.tree_map(lambda x: x[0], mbs)))
+
+      def body(carry, xs):
+        i, mb = xs
+        g_acc, m_acc = carry
+        g, m = loss_and_grad(state.params, mb,
+                             jax.random.fold_in(dropout_rng, i), normalizer)
+        return (jax.tree_util.tree_map(jnp.add, g_acc, g),
+                jax.tree_util.tree_map(jnp.add, m_acc, m)), None
+
+      (grads, metrics), _ = jax.lax.scan(
+          body, (zero_grads, zero_metrics), (jnp.arange(n), mbs))
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    update_norm = optax.tree.norm(updates)
+    finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm) &
+              jnp.isfinite(update_norm))
+    keep = lambda new, old: jax.tree_util.tree_map(
+        lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state))
+    metrics = dict(metrics)
+    metrics['grad_norm'] = grad_norm
+    metrics['finite'] = finite.astype(jnp.float32)
+    return new_state, metrics
+
+  return step_fn
+
+
+def make_eval_step(model: model_api.BaseModel):
+  def eval_step(params, batch):
+    _, metrics = model.eval_fn(params, batch)
+    return metrics
+  return eval_step
+
+
+# ----------------------------------------------------------------- state
+@dataclasses.dataclass
+class StateSetup:
+  """Everything sharding-related about a train state."""
+  abstract_state: TrainState        # ShapeDtypeStructs (unsharded)
+  state_shardings: TrainState
+  param_logical_specs: PyTree
+  tx: optax.GradientTransformation
+
+
+def setup_state(model: model_api.BaseModel, partitioner: partitioning.Partitioner,
+                optimizer_fn: Callable[[Any], optax.GradientTransformation],
+                input_shapes: Mapping[str, Tuple[int, ...]],
+                rng: jax.Array) -> StateSetup:
+  """Abstract state, shardings and the optimizer, without allocating params."""
+  boxed = jax.eval_shape(
+      lambda r: model.get_initial_variables(r, input_shapes), rng)['params']
+  logical_specs = nn.get_partition_spec(boxed)
+  abstract_params = nn.unbox(boxed)
+  param_shardings = partitioner.param_shardings(abstract_params, logical_specs)
+  tx = optimizer_fn(abstract_params)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_shardings = partitioner.opt_state_shardings(abstract_opt, abstract_params,
+                                                  param_shardings)
+  abstract_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
+                              params=abstract_params, opt_state=abstract_opt)
+  shardings = TrainState(step=partitioner.replicated(), params=param_shardings,
+                         opt_state=opt_shardings)
+  return StateSetup(abstract_state, shardings, logical_specs, tx)
+
+
+def init_state(model, setup: StateSetup, partitioner, input_shapes,
+               rng, params: Optional[PyTree] = None) -> TrainState:
+  """A sharded initial state (fresh params, or `params` given, e.g. loaded)."""
+  def init_fn(r):
+    p = nn.unbox(model.get_initial_variables(r, input_shapes)['params'])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                      opt_state=setup.tx.init(p))
+  if params is None:
+    return jax.jit(init_fn, out_shardings=setup.state_shardings)(rng)
+  params = jax.tree_util.tree_map(
+      lambda x, a, s: jax.device_put(np.asarray(x, a.dtype), s), params,
+      setup.abstract_state.params, setup.state_shardings.params)
+  opt_state = jax.jit(setup.tx.init,
+                      out_shardings=setup.state_shardings.opt_state)(params)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32),
+                                        partitioner.replicated()),
+                    params=params, opt_state=opt_state)
+
+
+def load_initial_params(path: str, setup: StateSetup) -> PyTree:
+  """Params from a recjax orbax dir, or via `recjax.checkpoints.load_params`
+  (HF safetensors / T5X) checked against the model's shapes."""
+  abstract = setup.abstract_state.params
+  is_recjax = (os.path.isdir(os.path.join(path, 'checkpoints')) or
+               os.path.isdir(os.path.join(path, checkpointing.STATE)) or
+               (os.path.isdir(path) and any(
+                   d.isdigit() and os.path.isdir(
+                       os.path.join(path, d, checkpointing.STATE))
+                   for d in os.listdir(path))))
+  if is_recjax:
+    target = checkpointing.abstract_with_shardings(
+        abstract, setup.state_shardings.params)
+    return checkpointing.restore_params_from_recjax_dir(path, target)
+  from recjax import checkpoints  # pylint: disable=g-import-not-at-top
+  expected = jax.tree_util.tree_map(lambda a: tuple(a.shape), abstract)
+  params = checkpoints.load_params(path, expected_shapes=expected)
+  params = flax.core.unfreeze(params)
+  want = jax.tree_util.tree_structure(abstract)
+  got = jax.tree_util.tree_structure(params)
+  if want != got:
+    want_keys = {optimizers.param_path(p) for p, _ in
+                 jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    got_keys = {optimizers.param_path(p) for p, _ in
+                jax.tree_util.tree_flatten_with_path(params)[0]}
+    raise ValueError(
+        f'{path}: parameter tree does not match the model. Missing: '
+        f'{sorted(want_keys - got_keys)[:10]}; unexpected: '
+        f'{sorted(got_keys - want_keys)[:10]}')
+  return params
+
+
+# ----------------------------------------------------------------- data
+def get_dataset_iterator(
+    mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+    feature_converter: seqio.FeatureConverter, split: str, host_batch_size: int,
+    *, shuffle: bool, seed: Optional[int], num_epochs: Optional[int],
+    use_cached: bool, shard_info: Optional[seqio.ShardInfo],
+    skip_batches: int = 0, pad_last: bool = False) -> Iterator[dict]:
+  """Host-local numpy batches from SeqIO.
+
+  With `shuffle` and a seed the stream is deterministic, so resuming skips the
+  `skip_batches` already consumed and continues exactly where the
+  uninterrupted run would be. `pad_last` pads a short final batch with zero
+  rows (zero loss weight) instead of dropping it.
+  """
+  ds = seqio.get_dataset(
+      mixture_or_task_name, task_feature_lengths=task_feature_lengths,
+      feature_converter=feature_converter, dataset_split=split,
+      use_cached=use_cached, shuffle=shuffle, num_epochs=num_epochs,
+      shard_info=shard_info, seed=seed, verbose=False)
+  ds = ds.batch(host_batch_size, drop_remainder=not pad_last)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  for batch in ds.as_numpy_iterator():
+    if pad_last:
+      b = next(iter(batch.values())).shape[0]
+      if b < host_batch_size:
+        batch = {k: np.concatenate(
+            [v, np.zeros((host_batch_size - b,) + v.shape[1:], v.dtype)])
+                 for k, v in batch.items()}
+    yield batch
+
+
+def _task_output_vocab(mixture_or_task_name: str):
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  return provider.output_features['targets'].vocabulary
+
+
+def _task_input_vocab(mixture_or_task_name: str):
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  feats = provider.output_features
+  return feats['inputs'].vocabulary if 'inputs' in feats else None
+
+
+def check_vocab_size(model: model_api.BaseModel, mixture_or_task_name: str,
+                     auto_vocab_size: bool = False) -> model_api.BaseModel:
+  """Raises if the module's vocab_size can't represent the task's tokens.
+
+  With `auto_vocab_size` the module is cloned with vocab_size set to the
+  task's output vocabulary size rounded up to a multiple of 128 (as T5X's
+  vocabularies are padded for TPU-friendly shapes).
+  """
+  out_vocab = _task_output_vocab(mixture_or_task_name)
+  need = out_vocab.vocab_size
+  in_vocab = _task_input_vocab(mixture_or_task_name)
+  if in_vocab is not None:
+    need = max(need, in_vocab.vocab_size)
+  if model.output_vocabulary is None:
+    model.output_vocabulary = out_vocab
+  if model.input_vocabulary is None:
+    model.input_vocabulary = in_vocab or out_vocab
+  config = getattr(model.module, 'config', None)
+  have = getattr(config, 'vocab_size', None)
+  if have is None or have >= need:
+    return model
+  rounded = int(math.ceil(need / 128) * 128)
+  if not auto_vocab_size:
+    raise ValueError(
+        f"The model's vocab_size ({have}) is smaller than the vocabulary of "
+        f"task {mixture_or_task_name!r} ({need} ids). Set "
+        f"`T5Config.vocab_size = {rounded}` in the model gin (or pass "
+        f"--gin.train.auto_vocab_size=True to round it up automatically).")
+  logging.warning('Setting vocab_size %d -> %d for task %s', have, rounded,
+                  mixture_or_task_name)
+  model.module = model.module.clone(
+      config=dataclasses.replace(config, vocab_size=rounded))
+  return model
+
+
+# ----------------------------------------------------------------- train()
+def _fmt(x: float) -> str:
+  return f'{x:.4g}'
+
+
+@gin.configurable(denylist=['model_dir_override'])
+def train(*,
+          model: model_api.BaseModel = gin.REQUIRED,
+          model_dir: str = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          partitioner: Optional[partitioning.Partitioner] = None,
+          optimizer: Callable[..., optax.GradientTransformation] = (
+              optimizers.adafactor),
+          learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+          frozen_patterns: Sequence[str] = (),
+          initial_checkpoint_path: Optional[str] = None,
+          use_cached_tasks: bool = False,
+          pack: bool = True,
+          train_split: str = 'train',
+          eval_split: str = 'validation',
+          eval_period: Optional[int] = None,
+          eval_steps: Optional[int] = None,
+          random_seed: Optional[int] = 0,
+          checkpoint_period: int = 1000,
+          keep_checkpoints: Optional[int] = None,
+          num_microbatches: Optional[int] = None,
+          log_every: int = 100,
+          auto_vocab_size: bool = False,
+          tensorboard: bool = True,
+          model_dir_override: Optional[str] = None) -> Tuple[int, Mapping]:
+  """Trains `model` on a SeqIO task/mixture; resumes from MODEL_DIR.
+
+  Returns (final step, last summarized train metrics). Raises
+  NonFiniteLossError if a step produced NaN/Inf (the last checkpoint written
+  is the last good one; no checkpoint of a bad state is ever saved).
+  """
+  model_dir = os.path.abspath(model_dir_override or model_dir)
+  os.makedirs(model_dir, exist_ok=True)
+  partitioner = partitioner or partitioning.Partitioner()
+  learning_rate_fn = learning_rate_fn or optimizers.constant()
+  random_seed = 0 if random_seed is None else int(random_seed)
+  model = check_vocab_size(model, mixture_or_task_name, auto_vocab_size)
+
+  converter = model.feature_converter_cls(pack=pack)
+  model_lengths = converter.get_model_feature_lengths(task_feature_lengths)
+  host_bs = partitioner.host_batch_size(batch_size)
+  if num_microbatches and batch_size % (num_microbatches *
+                                        partitioner.data_partitions):
+    raise ValueError(f'BATCH_SIZE {batch_size} must be divisible by '
+                     f'num_microbatches * data partitions = '
+                     f'{num_microbatches} * {partitioner.data_partitions}.')
+  input_shapes = {k: (1, v) for k, v in model_lengths.items()}
+  init_rng = jax.random.PRNGKey(random_seed)
+  step_rng = jax.random.PRNGKey(random_seed + 1)
+
+  def optimizer_fn(params):
+    return optimizers.build_optimizer(optimizer(learning_rate=learning_rate_fn),
+                                      frozen_patterns=frozen_patterns,
+                                      params=params)
+
+  setup = setup_state(model, partitioner, optimizer_fn, input_shapes, init_rng)
+  ckpt = checkpointing.Checkpointer(model_dir, keep=keep_checkpoints)
+  latest = ckpt.latest_step()
+  if latest is not None:
+    target = checkpointing.abstract_with_shardings(setup.abstract_state,
+                                                   setup.state_shardings)
+    state, data_pos = ckpt.restore(target, latest)
+    batches_consumed = int(data_pos['batches_consumed'])
+    if data_pos.get('batch_size') not in (None, batch_size) or data_pos.get(
+        'seed') not in (None, random_seed):
+      logging.warning('Resuming with a different batch size or seed (%s); the '
+                      'data stream will differ from the original run.',
+                      data_pos)
+    print(f'[recjax] resumed from {ckpt.directory}/{latest} '
+          f'({batches_consumed} batches consumed)', file=sys.stderr)
+  else:
+    params = None
+    if initial_checkpoint_path:
+      params = load_initial_params(initial_checkpoint_path, setup)
+      print(f'[recjax] initial params from {initial_checkpoint_path}',
+            file=sys.stderr)
+    state = init_state(model, setup, partitioner, input_shapes, init_rng,
+                       params)
+    batches_consumed = 0
+
+  step_fn = make_train_step(model, setup.tx, num_microbatches,
+                            partitioner.data_sharding())
+  batch_shardings = {k: partitioner.data_sharding() for k in model_lengths}
+  p_train_step = partitioner.partition(
+      step_fn,
+      in_shardings=(setup.state_shardings, batch_shardings,
+                    partitioner.replicated()),
+      out_shardings=(setup.state_shardings, partitioner.replicated()),
+      donate_argnums=(0,))
+  p_eval_step = partitioner.partition(
+      make_eval_step(model),
+      in_shardings=(setup.state_shardings.params, batch_shardings),
+      out_shardings=partitioner.replicated())
+
+  train_iter = get_dataset_iterator(
+      mixture_or_task_name, task_feature_lengths, converter, train_split,
+      host_bs, shuffle=True, seed=random_seed, num_epochs=None,
+      use_cached=use_cached_tasks, shard_info=partitioner.get_shard_info(),
+      skip_batches=batches_consumed)
+  writer = metrics_lib.MetricsWriter(model_dir, tensorboard=tensorboard)
+
+  def save(step_now):
+    ckpt.save(step_now, state, {'batches_consumed': batches_consumed,
+                                'batch_size': batch_size,
+                                'seed': random_seed,
+                                'mixture_or_task_name': mixture_or_task_name})
+
+  def run_eval(step_now):
+    if not eval_period:
+      return None
+    try:
+      it = get_dataset_iterator(
+          mixture_or_task_name, task_feature_lengths, converter, eval_split,
+          host_bs, shuffle=False, seed=None, num_epochs=1,
+          use_cached=use_cached_tasks, shard_info=partitioner.get_shard_info(),
+          pad_last=True)
+      totals = None
+      for i, b in enumerate(it):
+        if eval_steps and i >= eval_steps:
+          break
+        m = jax.device_get(p_eval_step(state.params, partitioner.shard_batch(b)))
+        totals = m if totals is None else jax.tree_util.tree_map(
+            np.add, totals, m)
+    except (ValueError, KeyError, AssertionError) as e:
+      logging.warning('No train-eval on split %r: %s', eval_split, e)
+      return None
+    if totals is None:
+      return None
+    s = model_api.summarize_metrics(totals)
+    out = {'loss': s['cross_ent_loss_per_token'], 'accuracy': s['accuracy'],
+           'z_loss': s['z_loss_per_token'], 'num_tokens': s['num_tokens']}
+    writer.write_scalars(step_now, out, split=eval_split)
+    print(f'[recjax] step {step_now} {eval_split}: loss {_fmt(out["loss"])} '
+          f'acc {_fmt(out["accuracy"])}', file=sys.stderr)
+    return out
+
+  step = int(jax.device_get(state.step))
+  window = []
+  window_start = time.time()
+  last_summary = {}
+  first_bad = None
+
+  def flush_window(step_now):
+    nonlocal window, window_start, last_summary, first_bad
+    if not window:
+      return
+    ms = jax.device_get([m for _, m in window])
+    for (s_i, _), m in zip(window, ms):
+      if m['finite'] < 1 and first_bad is None:
+        first_bad = (s_i, m)
+    if first_bad is not None:
+      return
+    totals = {k: sum(float(m[k]) for m in ms) for k in ms[0]}
+    dt = max(time.time() - window_start, 1e-9)
+    n = len(ms)
+    s = model_api.summarize_metrics(totals)
+    row = {
+        'loss': totals['loss'] / n,
+        'cross_ent_loss_per_token': s['cross_ent_loss_per_token'],
+        'accuracy': s['accuracy'],
+        'z_loss': totals['z_loss'] / n,
+        'learning_rate': float(learning_rate_fn(step_now - 1)),
+        'grad_norm': totals['grad_norm'] / n,
+        'steps_per_sec': n / dt,
+        'tokens_per_sec': totals['num_tokens'] / dt,
+        'examples_per_sec': totals['num_examples'] / dt,
+    }
+    writer.write_scalars(step_now, row, split='train')
+    print(f'[recjax] step {step_now}/{train_steps} loss {_fmt(row["loss"])} '
+          f'acc {_fmt(row["accuracy"])} lr {_fmt(row["learning_rate"])} '
+          f'{row["steps_per_sec"]:.2f} steps/s '
+          f'{row["tokens_per_sec"]:.0f} tok/s', file=sys.stderr)
+    last_summary = row
+    window = []
+    window_start = time.time()
+
+  def fail():
+    bad_step, m = first_bad
+    writer.close()
+    ckpt.close()
+    last = ckpt.latest_step()
+    raise NonFiniteLossError(
+        f'Non-finite loss/gradient at step {bad_step} (loss={m["loss"]}, '
+        f'grad_norm={m["grad_norm"]}); training stopped. The last good '
+        f'checkpoint is step {last} in {ckpt.directory}. Lower the learning '
+        'rate, check the data, or use float32 to investigate.')
+
+  try:
+    while step < train_steps:
+      try:
+        host_batch = next(train_iter)
+      except StopIteration as e:
+        raise RuntimeError(f'{mixture_or_task_name} ran out of data') from e
+      batch = partitioner.shard_batch(host_batch)
+      state, metrics = p_train_step(state, batch, step_rng)
+      batches_consumed += 1
+      step += 1
+      window.append((step, metrics))
+      is_ckpt = step % checkpoint_period == 0 or step == train_steps
+      if step % log_every == 0 or is_ckpt:
+        flush_window(step)
+        if first_bad is not None:
+          fail()
+      if is_ckpt:
+        save(step)
+      if eval_period and step % eval_period == 0:
+        run_eval(step)
+      if not window and (is_ckpt or (eval_period and step % eval_period == 0)):
+        window_start = time.time()  # steps/s measures training only
+    flush_window(step)
+    if first_bad is not None:
+      fail()
+  finally:
+    if first_bad is None:
+      writer.close()
+      ckpt.close()
+  return step, last_summary

@@ -1,0 +1,193 @@
+"""Registers a prepared directory's task files as SeqIO Tasks and Mixtures.
+
+One call, `register_prepared(dir)`, registers `<dataset>_<task>` for every
+task and the mixtures `<dataset>_rec` (recommendation tasks) and
+`<dataset>_rec_aux` (plus the auxiliary tasks). The directory may not exist
+yet: splits, example counts and mixing rates are read from
+`tasks/manifest.json` when a dataset is first requested, so modules can
+register the default locations at import time.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import re
+from typing import Any, Mapping, Sequence
+
+import seqio
+import tensorflow as tf
+
+from recjax.prompts import ALL_TASKS, AUX_TASKS, REC_TASKS, TASK_SPLITS
+
+EXTRA_IDS = 100
+ABSENT_SPLIT = "absent_from_manifest"
+AUX_WEIGHT = 0.5  # default downweighting of auxiliary tasks in `_rec_aux`
+METADATA_FEATURES = ("task", "template_id", "target_item", "candidates",
+                     "rating")
+FEATURE_DESCRIPTION = {
+    "inputs": tf.io.FixedLenFeature([], tf.string),
+    "targets": tf.io.FixedLenFeature([], tf.string),
+    "task": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "target_item": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "template_id": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "rating": tf.io.FixedLenFeature([], tf.float32,
+                                    default_value=float("nan")),
+    "candidates": tf.io.VarLenFeature(tf.string),
+}
+
+
+def read_manifest(prepared_dir: str | os.PathLike) -> dict[str, Any] | None:
+  path = pathlib.Path(prepared_dir).expanduser() / "tasks" / "manifest.json"
+  if not path.is_file():
+    return None
+  return json.loads(path.read_text(encoding="utf-8"))
+
+
+class PreparedTaskSource(seqio.TFExampleDataSource):
+  """TFExampleDataSource whose splits and sizes come from the manifest, lazily."""
+
+  def __init__(self, prepared_dir: pathlib.Path, task: str):
+    self._prepared_dir = prepared_dir
+    self._task = task
+    patterns = {s: str(prepared_dir / "tasks" / task / f"{s}.tfrecord-*")
+                for s in TASK_SPLITS[task]}
+    super().__init__(patterns, FEATURE_DESCRIPTION)
+
+  @property
+  def splits(self) -> Sequence[str]:
+    manifest = read_manifest(self._prepared_dir)
+    if manifest is None:
+      return tuple(TASK_SPLITS[self._task])
+    # seqio requires a non-empty list; a task the data lacks (e.g. rating on a
+    # log without ratings) gets a placeholder so mixtures skip it.
+    return tuple(manifest.get("splits", {}).get(self._task, ())) or (
+        ABSENT_SPLIT,)
+
+  def num_input_examples(self, split: str) -> int | None:
+    manifest = read_manifest(self._prepared_dir)
+    if manifest is None:
+      return None
+    return manifest.get("counts", {}).get(self._task, {}).get(split)
+
+
+def densify_candidates(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """VarLen `candidates` -> a dense 1-D string tensor (kept for evaluation)."""
+
+  def fn(ex):
+    ex = dict(ex)
+    if isinstance(ex.get("candidates"), tf.sparse.SparseTensor):
+      ex["candidates"] = tf.sparse.to_dense(ex["candidates"], default_value="")
+    return ex
+
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def default_vocabulary(prepared_dir: str | os.PathLike
+                       ) -> seqio.SentencePieceVocabulary:
+  """The embedded default: `vocab/spiece.model` + 100 extra ids (loaded lazily)."""
+  return seqio.SentencePieceVocabulary(
+      str(pathlib.Path(prepared_dir).expanduser() / "vocab" / "spiece.model"),
+      extra_ids=EXTRA_IDS)
+
+
+def dataset_name_for(prepared_dir: str | os.PathLike) -> str:
+  manifest = read_manifest(prepared_dir)
+  name = (manifest or {}).get("dataset") or pathlib.Path(
+      prepared_dir).expanduser().name
+  return sanitize(name)
+
+
+def sanitize(name: str) -> str:
+  return re.sub(r"[^0-9a-zA-Z_]+", "_", name).strip("_").lower() or "dataset"
+
+
+def _count_rate(task: seqio.Task, *, prepared_dir: pathlib.Path, short: str,
+                weight: float) -> float:
+  """Rate = training examples (from the manifest) x weight; 1 x weight if unknown."""
+  manifest = read_manifest(prepared_dir)
+  if manifest is None:
+    return weight
+  return weight * float(manifest.get("counts", {}).get(short, {}).get(
+      "train", 0))
+
+
+def register_prepared(prepared_dir: str | os.PathLike, *,
+                      dataset_name: str | None = None,
+                      vocabulary: seqio.Vocabulary | None = None,
+                      rec_aux_rates: Mapping[str, float] | None = None,
+                      overwrite: bool = True) -> list[str]:
+  """Registers `<dataset>_<task>` Tasks and the `_rec`/`_rec_aux` Mixtures.
+
+  Args:
+    prepared_dir: a prepared directory with `tasks/` written by
+      `recjax.prompts.export.write_task_files` (may be created later).
+    dataset_name: prefix of the names (default: the manifest's dataset name,
+      else the directory name), lower-cased, non-word characters -> '_'.
+    vocabulary: vocabulary of inputs and targets (default: the directory's
+      `vocab/spiece.model` with 100 extra ids); e.g. FLAN-T5's spiece.model.
+    rec_aux_rates: mixing rates of `<dataset>_rec_aux` by task (short or full
+      name); missing tasks get the default, training-example count (x0.5 for
+      auxiliary tasks).
+    overwrite: replace providers of the same name (re-registration is then
+      idempotent); if False, existing names are kept and skipped.
+
+  Returns:
+    The registered names, tasks first, then the two mixtures.
+  """
+  prepared_dir = pathlib.Path(prepared_dir).expanduser()
+  name = sanitize(dataset_name) if dataset_name else dataset_name_for(
+      prepared_dir)
+  vocab = vocabulary or default_vocabulary(prepared_dir)
+  output_features = {
+      "inputs": seqio.Feature(vocab, add_eos=True, required=True),
+      "targets": seqio.Feature(vocab, add_eos=True),
+  }
+  manifest = read_manifest(prepared_dir)
+  tasks = [t for t in ALL_TASKS
+           if manifest is None or t in manifest.get("tasks", ())]
+  registered = []
+
+  def _add(registry, full: str, **kwargs) -> None:
+    if full in registry.names():
+      if not overwrite:
+        return
+      registry.remove(full)
+    registry.add(full, **kwargs)
+    registered.append(full)
+
+  for t in tasks:
+    _add(seqio.TaskRegistry, f"{name}_{t}",
+         source=PreparedTaskSource(prepared_dir, t),
+         preprocessors=[
+             densify_candidates,
+             seqio.preprocessors.tokenize,
+             seqio.CacheDatasetPlaceholder(),
+             seqio.preprocessors.append_eos_after_trim,
+         ],
+         output_features=output_features, metric_fns=[])
+
+  rates = {}
+  for t in tasks:
+    weight = 1.0 if t in REC_TASKS else AUX_WEIGHT
+    given = None
+    if rec_aux_rates:
+      given = rec_aux_rates.get(t, rec_aux_rates.get(f"{name}_{t}"))
+    rates[t] = float(given) if given is not None else functools.partial(
+        _count_rate, prepared_dir=prepared_dir, short=t, weight=weight)
+
+  rec = [t for t in tasks if t in REC_TASKS]
+  if rec:
+    _add(seqio.MixtureRegistry, f"{name}_rec",
+         tasks=[(f"{name}_{t}", functools.partial(
+             _count_rate, prepared_dir=prepared_dir, short=t, weight=1.0))
+                for t in rec])
+    _add(seqio.MixtureRegistry, f"{name}_rec_aux",
+         tasks=[(f"{name}_{t}", rates[t]) for t in tasks])
+  return registered
+
+
+__all__ = ["register_prepared", "default_vocabulary", "read_manifest",
+           "PreparedTaskSource", "FEATURE_DESCRIPTION", "METADATA_FEATURES",
+           "AUX_TASKS"]

@@ -1,0 +1,12 @@
+"""Registers the embedded default: `$RECJAX_DATA_DIR/synthetic`.
+
+Names: `synthetic_<task>`, `synthetic_rec`, `synthetic_rec_aux`. The files
+need not exist until a dataset is requested (`recjax prepare` writes them).
+"""
+from __future__ import annotations
+
+from seqio_tasks import _dirs
+from seqio_tasks.registry import register_prepared
+
+PREPARED_DIR = _dirs.dataset_dir("RECJAX_SYNTHETIC_DIR", "synthetic")
+NAMES = register_prepared(PREPARED_DIR, dataset_name="synthetic")

@@ -1,0 +1,249 @@
+"""recjax.models.t5: structure, decoding cache, packing, soft tokens, dropout."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recjax.models import t5
+
+CFG = t5.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
+                  mlp_dim=32, num_encoder_layers=2, num_decoder_layers=2,
+                  dtype='float32')
+GIN_DIR = os.path.join(os.path.dirname(__file__), '..', 'gin_configs', 'models')
+
+
+def _jit_apply(cfg, **static):
+  """Jitted Transformer.apply (eager flax dispatch is far slower on CPU)."""
+  model = t5.Transformer(cfg)
+  return jax.jit(lambda variables, *args, **kw: model.apply(
+      variables, *args, **static, **kw))
+
+
+@pytest.fixture(scope='module')
+def params():
+  return nn.meta.unbox(t5.init_variables(CFG, jax.random.PRNGKey(0)))['params']
+
+
+def _tokens(rng, shape, low=2):
+  return jnp.asarray(rng.randint(low, CFG.vocab_size, size=shape), jnp.int32)
+
+
+def test_param_tree_matches_t5x_names_and_logical_axes():
+  shapes = t5.param_shapes(CFG)
+  assert shapes['token_embedder/embedding'] == (64, 16)
+  assert shapes['encoder/relpos_bias/rel_embedding'] == (2, 32)
+  assert shapes['decoder/relpos_bias/rel_embedding'] == (2, 32)
+  assert shapes['encoder/layers_1/attention/query/kernel'] == (16, 16)
+  assert shapes['encoder/layers_0/attention/out/kernel'] == (16, 16)
+  assert shapes['decoder/layers_1/encoder_decoder_attention/key/kernel'] == (
+      16, 16)
+  assert shapes['decoder/layers_0/mlp/wi_1/kernel'] == (16, 32)
+  assert shapes['decoder/logits_dense/kernel'] == (16, 64)
+  assert len(shapes) == 1 + (2 + 2 * 9) + (3 + 2 * 14)  # emb, enc, dec
+  axes = t5.logical_axes(CFG)
+  P = jax.sharding.PartitionSpec
+  assert axes['token_embedder']['embedding'] == P('vocab', 'embed')
+  assert axes['encoder']['layers_0']['attention']['query']['kernel'] == P(
+      'embed', 'joined_kv')
+  assert axes['decoder']['layers_0']['self_attention']['out']['kernel'] == P(
+      'joined_kv', 'embed')
+  assert axes['decoder']['layers_1']['mlp']['wo']['kernel'] == P('mlp', 'embed')
+  assert axes['decoder']['logits_dense']['kernel'] == P('embed', 'vocab')
+  assert axes['encoder']['relpos_bias']['rel_embedding'] == P(
+      'heads', 'relpos_buckets')
+  assert axes['encoder']['encoder_norm']['scale'] == P('embed')
+  # T5X-style rules turn them into mesh shardings on the 8 fake devices.
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2),
+                           ('data', 'model'))
+  rules = (('vocab', 'model'), ('mlp', 'model'), ('joined_kv', 'model'),
+           ('heads', 'model'), ('embed', None), ('relpos_buckets', None))
+  shardings = nn.logical_to_mesh_sharding(axes, mesh, rules)
+  assert shardings['decoder']['layers_0']['mlp']['wi_0']['kernel'].spec == P(
+      None, 'model')
+
+
+def test_sharded_forward_equals_unsharded(params):
+  """Logical constraints inside jit on a ('data','model') mesh change nothing."""
+  rng = np.random.RandomState(0)
+  enc, dec = _tokens(rng, (4, 8)), _tokens(rng, (4, 6))
+  model = t5.Transformer(CFG)
+  plain = _jit_apply(CFG, enable_dropout=False)({'params': params}, enc, dec,
+                                                dec)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2),
+                           ('data', 'model'))
+  rules = (('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'),
+           ('joined_kv', 'model'), ('heads', 'model'), ('kv', None),
+           ('embed', None), ('length', None), ('relpos_buckets', None))
+  axes = t5.logical_axes(CFG)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    shard = nn.logical_to_mesh_sharding(axes, mesh, rules)
+    p = jax.device_put(params, shard)
+    fn = jax.jit(lambda p, e, d: model.apply({'params': p}, e, d, d,
+                                             enable_dropout=False))
+    sharded = fn(p, enc, dec)
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(plain),
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_decoding_matches_teacher_forcing(params):
+  rng = np.random.RandomState(1)
+  enc = _tokens(rng, (2, 7)).at[1, 5:].set(0)  # padding in example 2
+  dec = _tokens(rng, (2, 6)).at[:, 0].set(0)
+  targets = _tokens(rng, (2, 6))
+  model = t5.Transformer(CFG)
+  full = _jit_apply(CFG, enable_dropout=False)({'params': params}, enc, dec,
+                                               targets)
+  encoded = _jit_apply(CFG, enable_dropout=False,
+                       method=t5.Transformer.encode)({'params': params}, enc)
+  # Allocating the cache only needs shapes (as T5X's initialize_cache).
+  state = jax.eval_shape(_jit_apply(
+      CFG, decode=True, enable_dropout=False, mutable=['cache'],
+      method=t5.Transformer.decode), {'params': params}, encoded, enc, dec,
+                         dec)[1]
+  cache = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                 state['cache'])
+  cache_leaf = cache['decoder']['layers_0']['self_attention']['cached_key']
+  assert cache_leaf.shape == (2, 2, 8, 6)  # T5X layout [B, heads, kv, len]
+
+  @jax.jit
+  def step(cache, tok):
+    return model.apply({'params': params, 'cache': cache}, encoded, enc, tok,
+                       tok, decode=True, max_decode_length=6,
+                       enable_dropout=False, mutable=['cache'],
+                       method=t5.Transformer.decode)
+
+  steps = []
+  for i in range(6):
+    logits, state = step(cache, dec[:, i:i + 1])
+    cache = state['cache']
+    steps.append(logits)
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full),
+                             atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match='max_decode_length'):
+    jax.eval_shape(_jit_apply(CFG, decode=True, enable_dropout=False,
+                              mutable=['cache'], method=t5.Transformer.decode),
+                   {'params': params, 'cache': cache}, encoded, enc,
+                   dec[:, :1], dec[:, :1])
+
+
+def test_packed_segments_equal_separate_runs(params):
+  rng = np.random.RandomState(2)
+  e1, e2 = _tokens(rng, (1, 5)), _tokens(rng, (1, 4))
+  d1, d2 = _tokens(rng, (1, 3)), _tokens(rng, (1, 4))
+  d1, d2 = d1.at[:, 0].set(0), d2.at[:, 0].set(0)
+  t1, t2 = _tokens(rng, (1, 3)), _tokens(rng, (1, 4))
+  pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n)))
+  enc = pad(jnp.concatenate([e1, e2], 1), 2)
+  dec_in = pad(jnp.concatenate([d1, d2], 1), 1)
+  dec_tg = pad(jnp.concatenate([t1, t2], 1), 1)
+  enc_seg = jnp.asarray([[1] * 5 + [2] * 4 + [0] * 2])
+  dec_seg = jnp.asarray([[1] * 3 + [2] * 4 + [0]])
+  enc_pos = jnp.asarray([list(range(5)) + list(range(4)) + [0, 0]])
+  dec_pos = jnp.asarray([list(range(3)) + list(range(4)) + [0]])
+  fwd = _jit_apply(CFG, enable_dropout=False)
+  packed = fwd({'params': params}, enc, dec_in, dec_tg, enc_seg, dec_seg,
+               enc_pos, dec_pos)
+  # Each segment alone (zero-padded to the same shapes: one compilation).
+  ones = lambda x: (x > 0).astype(jnp.int32)
+  alone = []
+  for e, d, t in ((e1, d1, t1), (e2, d2, t2)):
+    e, d, t = pad(e, 11 - e.shape[1]), pad(d, 8 - d.shape[1]), pad(
+        t, 8 - t.shape[1])
+    alone.append(fwd({'params': params}, e, d, t, ones(e), ones(t), enc_pos,
+                     dec_pos))
+  alone1, alone2 = alone[0][:, :3], alone[1][:, :4]
+  np.testing.assert_allclose(packed[:, :3], alone1, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(packed[:, 3:7], alone2, atol=1e-5, rtol=1e-5)
+
+
+def test_input_embeddings_replace_token_embeddings(params):
+  rng = np.random.RandomState(3)
+  enc, dec = _tokens(rng, (2, 6)), _tokens(rng, (2, 4))
+  fwd = _jit_apply(CFG, enable_dropout=False)
+  plain = fwd({'params': params}, enc, dec, dec)
+  table = params['token_embedder']['embedding']
+  mask = jnp.asarray(rng.rand(2, 6) < 0.5)
+  same = fwd({'params': params}, enc, dec, dec, input_embeddings=table[enc],
+             embedding_mask=mask)
+  np.testing.assert_array_equal(np.asarray(same), np.asarray(plain))
+  soft = jnp.asarray(rng.randn(2, 6, 16), jnp.float32)
+  other = fwd({'params': params}, enc, dec, dec, input_embeddings=soft,
+              embedding_mask=mask)
+  assert not np.allclose(np.asarray(other), np.asarray(plain))
+  # Only the masked positions change: unmasked soft values are ignored.
+  soft2 = jnp.where(mask[..., None], soft, 123.0)
+  other2 = fwd({'params': params}, enc, dec, dec, input_embeddings=soft2,
+               embedding_mask=mask)
+  np.testing.assert_array_equal(np.asarray(other2), np.asarray(other))
+
+
+def test_dropout_off_is_deterministic_and_on_is_random():
+  cfg = dataclasses.replace(CFG, dropout_rate=0.3)
+  variables = t5.init_variables(cfg, jax.random.PRNGKey(0))
+  rng = np.random.RandomState(4)
+  enc, dec = _tokens(rng, (2, 5)), _tokens(rng, (2, 3))
+  off, on = _jit_apply(cfg, enable_dropout=False), _jit_apply(
+      cfg, enable_dropout=True)
+  a = off(variables, enc, dec, dec)
+  b = off(variables, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(9)})
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  c = on(variables, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(1)})
+  d = on(variables, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(1)})
+  e = on(variables, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(2)})
+  np.testing.assert_array_equal(np.asarray(c), np.asarray(d))
+  assert not np.allclose(np.asarray(c), np.asarray(a))
+  assert not np.allclose(np.asarray(c), np.asarray(e))
+
+
+def test_bfloat16_activations_and_remat(params):
+  rng = np.random.RandomState(5)
+  enc, dec = _tokens(rng, (2, 5)), _tokens(rng, (2, 3))
+  f32 = _jit_apply(CFG, enable_dropout=False)({'params': params}, enc, dec,
+                                              dec)
+  bf16_cfg = dataclasses.replace(CFG, dtype='bfloat16', remat_policy='full')
+  model = t5.Transformer(bf16_cfg)
+  out = _jit_apply(bf16_cfg, enable_dropout=False)({'params': params}, enc,
+                                                   dec, dec)
+  assert out.dtype == jnp.float32 and out.shape == (2, 3, 64)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(f32), atol=0.15)
+
+  def loss(p):
+    return model.apply({'params': p}, enc, dec, dec, enable_dropout=False).sum()
+
+  grads = jax.jit(jax.grad(loss))(params)
+  assert set(grads) == set(params)
+  assert grads['encoder']['layers_0']['mlp']['wo']['kernel'].dtype == (
+      jnp.float32)
+
+
+@gin.configurable('test_t5_model_config_probe')
+def _config_probe(config=None):
+  return config
+
+
+@pytest.mark.parametrize('size,emb,mlp,layers,heads', [
+    ('tiny', 64, 128, 2, 4), ('small', 512, 1024, 8, 6),
+    ('base', 768, 2048, 12, 12), ('large', 1024, 2816, 24, 16),
+    ('xl', 2048, 5120, 24, 32), ('xxl', 4096, 10240, 24, 64)])
+def test_gin_model_configs(size, emb, mlp, layers, heads):
+  gin.clear_config()
+  try:
+    gin.parse_config_file(os.path.join(GIN_DIR, f'flan_t5_{size}.gin'))
+    gin.parse_config('test_t5_model_config_probe.config = %MODEL_CONFIG')
+    cfg = _config_probe()
+  finally:
+    gin.clear_config()
+  assert isinstance(cfg, t5.T5Config)
+  assert (cfg.emb_dim, cfg.mlp_dim, cfg.num_encoder_layers,
+          cfg.num_decoder_layers, cfg.num_heads) == (emb, mlp, layers, layers,
+                                                     heads)
+  assert cfg.head_dim == (16 if size == 'tiny' else 64)
+  assert cfg.vocab_size == 32128 and cfg.mlp_activations == ('gelu', 'linear')
+  assert cfg.param_dtype == 'float32' and not cfg.logits_via_embedding

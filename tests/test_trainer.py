@@ -1,0 +1,132 @@
+"""The train() loop on a real tiny SeqIO task: resume == uninterrupted, keep-N
+checkpoints, metrics files, NaN guard, initial checkpoints, vocab checks."""
+from __future__ import annotations
+
+import glob
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from recjax.train import checkpointing
+from recjax.train import metrics_writer
+from recjax.train import optimizers
+from recjax.train import partitioning
+from recjax.train import test_utils
+from recjax.train import trainer
+
+LENGTHS = {'inputs': 24, 'targets': 12}
+
+
+def _train(model_dir, train_steps, **kwargs):
+  args = dict(
+      model=test_utils.tiny_model(), model_dir=str(model_dir),
+      mixture_or_task_name=test_utils.register_tiny_task(),
+      task_feature_lengths=LENGTHS, train_steps=train_steps, batch_size=8,
+      partitioner=partitioning.Partitioner(mesh_shape=(4, 2)),
+      learning_rate_fn=optimizers.constant(1e-2), checkpoint_period=2,
+      log_every=1, random_seed=3, tensorboard=True)
+  args.update(kwargs)
+  return trainer.train(**args)
+
+
+def _final_params(model_dir):
+  part = partitioning.Partitioner(mesh_shape=(4, 2))
+  lengths = trainer.seqio.EncDecFeatureConverter(
+      pack=True).get_model_feature_lengths(LENGTHS)
+  setup = trainer.setup_state(
+      test_utils.tiny_model(), part,
+      lambda p: optimizers.build_optimizer(optimizers.adafactor()),
+      {k: (1, v) for k, v in lengths.items()}, jax.random.PRNGKey(0))
+  return setup, jax.device_get(trainer.load_initial_params(str(model_dir),
+                                                           setup))
+
+
+def _train_losses(model_dir):
+  rows = metrics_writer.read_jsonl(os.path.join(model_dir, 'metrics.jsonl'),
+                                   'train')
+  return [r['step'] for r in rows], [r['loss'] for r in rows]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp('uninterrupted')
+  step, summary = _train(model_dir, 4, keep_checkpoints=1, eval_period=2,
+                         eval_steps=1)
+  return model_dir, step, summary
+
+
+def test_metrics_files_and_keep_n(uninterrupted):
+  model_dir, step, summary = uninterrupted
+  assert step == 4
+  rows = metrics_writer.read_jsonl(os.path.join(model_dir, 'metrics.jsonl'))
+  train_rows = [r for r in rows if r['split'] == 'train']
+  assert [r['step'] for r in train_rows] == [1, 2, 3, 4]
+  for key in ('loss', 'accuracy', 'learning_rate', 'steps_per_sec',
+              'tokens_per_sec', 'z_loss', 'cross_ent_loss_per_token'):
+    assert all(np.isfinite(r[key]) for r in train_rows), key
+  assert train_rows[0]['learning_rate'] == pytest.approx(1e-2)
+  assert all(r['tokens_per_sec'] > 0 for r in train_rows)
+  assert summary['loss'] == train_rows[-1]['loss']
+  val = [r for r in rows if r['split'] == 'validation']
+  assert [r['step'] for r in val] == [2, 4] and np.isfinite(val[0]['loss'])
+  assert glob.glob(os.path.join(model_dir, 'train', 'events.out.tfevents*'))
+  assert glob.glob(os.path.join(model_dir, 'validation',
+                                'events.out.tfevents*'))
+  ckpt = checkpointing.Checkpointer(str(model_dir), keep=1)
+  assert ckpt.all_steps() == [4]  # keep_checkpoints=1
+  ckpt.close()
+
+
+def test_restart_reproduces_uninterrupted_run(uninterrupted, tmp_path):
+  model_dir, _, _ = uninterrupted
+  assert _train(tmp_path, 2)[0] == 2
+  assert _train(tmp_path, 4)[0] == 4  # resumes from step 2 and its data position
+  steps, losses = _train_losses(tmp_path)
+  want_steps, want_losses = _train_losses(model_dir)
+  assert steps == want_steps == [1, 2, 3, 4]
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
+  _, got = _final_params(tmp_path)
+  _, want = _final_params(model_dir)
+  for x, y in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  # A finished run is not retrained.
+  assert _train(tmp_path, 4)[0] == 4
+  assert _train_losses(tmp_path)[0] == [1, 2, 3, 4]
+
+
+def test_initial_checkpoint_from_recjax_dir(uninterrupted):
+  model_dir, _, _ = uninterrupted
+  setup, params = _final_params(model_dir)
+  shapes = jax.tree_util.tree_map(lambda a: a.shape,
+                                  setup.abstract_state.params)
+  assert jax.tree_util.tree_map(np.shape, params) == shapes
+  assert np.all(np.isfinite(params['logits_dense']['kernel']))
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+  # The learning rate turns NaN for the 4th update (optimizer count 3).
+  lr = lambda count: jnp.where(count >= 3, jnp.nan, 1e-2)
+  with pytest.raises(trainer.NonFiniteLossError, match='step 4') as e:
+    _train(tmp_path, 8, learning_rate_fn=lr)
+  assert 'last good checkpoint is step 2' in str(e.value)
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  assert ckpt.all_steps() == [2]
+  ckpt.close()
+  _, params = _final_params(tmp_path)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
+  steps, _ = _train_losses(tmp_path)
+  assert steps == [1, 2, 3]  # the bad step is reported, not logged as a loss
+
+
+def test_vocab_size_check():
+  name = test_utils.register_tiny_task()
+  small = test_utils.tiny_model(test_utils.TinyConfig(vocab_size=128))
+  small.input_vocabulary = small.output_vocabulary = None
+  with pytest.raises(ValueError, match=r'vocab_size \(128\).*259.*= 384'):
+    trainer.check_vocab_size(small, name)
+  fixed = trainer.check_vocab_size(small, name, auto_vocab_size=True)
+  assert fixed.module.config.vocab_size == 384
+  assert fixed.output_vocabulary.vocab_size == 259
