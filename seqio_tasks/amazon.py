@@ -1,7 +1,8 @@
-"""Registers Amazon Beauty (as in the paper; Toys and Sports the same way) from `$RECJAX_AMAZON_DIR` (default `$RECJAX_DATA_DIR/amazon-beauty`).
+"""Registers Amazon Beauty from `$RECJAX_AMAZON_DIR` (default
+`$RECJAX_DATA_DIR/amazon-beauty`); Toys and Sports register the same way.
 
-Names: `amazon_beauty_<task>`, `amazon_beauty_rec`, `amazon_beauty_rec_aux`. Any other
-prepared directory registers the same way:
+Names: `amazon_beauty_<task>`, `amazon_beauty_rec`, `amazon_beauty_rec_aux`.
+Any other prepared directory registers the same way:
 `seqio_tasks.registry.register_prepared(path, dataset_name=...)`.
 """
 from __future__ import annotations

@@ -154,3 +154,31 @@ def test_run_baseline_writes_documented_files(tmp_path, hand_data):
   other.items[0]["id"] = "item_X"
   with pytest.raises(ValueError, match="another catalogue"):
     cli.load_embeddings(out, other)
+
+
+def test_sasrec_window_rows_cover_every_prefix_target_once():
+  from recjax.baselines import sasrec as sasrec_lib  # pylint: disable=g-import-not-at-top
+  L, stride = 4, 2
+  seqs = [np.arange(11) + 100, np.arange(3) + 200, np.array([7])]
+  prefix = sasrec_lib.prefix_examples(seqs, L, 8)[0]
+  want = {}  # (user, target) -> RecBole history (at most L previous items)
+  for r in range(len(prefix)):
+    hist = prefix.tokens[r][prefix.tokens[r] > 0] - 1
+    want[(prefix.users[r], prefix.targets[r, 0])] = tuple(hist)
+  assert len(want) == 10 + 2  # positions >= 1 of the first two users
+  got = {}
+  for ex in sasrec_lib.window_examples(seqs, L, stride, 8):
+    for r in range(len(ex)):
+      for p, t in zip(ex.positions[r], ex.targets[r]):
+        if t < 0:
+          continue
+        hist = ex.tokens[r][:p + 1] - 1
+        assert np.all(hist >= 0)
+        key = (ex.users[r], t)
+        assert key not in got
+        got[key] = tuple(hist)
+  assert set(got) == set(want)
+  for key, hist in got.items():
+    full = want[key]
+    assert full[len(full) - len(hist):] == hist  # a suffix of RecBole's history
+    assert len(hist) == len(full) or len(hist) >= L - stride + 1

@@ -199,3 +199,16 @@ def test_builder_title_and_duplicate_policies():
   b.add_item("b", None)
   b.add_interaction("u", "b", 1)
   assert b.build().titles == ["b"]
+
+
+def test_unknown_item_line_numbers_on_the_fast_path(tmp_path):
+  # A clean log goes through the numpy fast path; lines must still be exact.
+  write(tmp_path / "items.csv", "id,title\na,A\nb,B\n")
+  write(tmp_path / "log.csv", "uid,iid,ts\nu,a,1\nu,b,2\nu,zz,3\nv,a,4\n")
+  options = {"columns": "user=uid,item=iid,time=ts",
+             "items": str(tmp_path / "items.csv")}
+  with pytest.raises(DataError, match=r"log.csv:4: field 'iid': unknown item "
+                     "id 'zz'"):
+    loaders.load("csv", tmp_path / "log.csv", **options)
+  data = loaders.load("csv", tmp_path / "log.csv", on_error="skip", **options)
+  assert data.skipped == {"unknown_item": 1} and data.num_interactions == 3

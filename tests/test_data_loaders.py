@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from recjax.data import loaders
+from recjax.data.dataset import DatasetBuilder
 from recjax.data.errors import DataError
 from recjax.data.loaders import _io
 
@@ -394,8 +395,19 @@ def test_fast_and_line_by_line_paths_agree(tmp_path):
   # Chunked reading splits at line ends and numbers lines across chunks.
   path = write(tmp_path / "c.tsv", clean * 3)
   chunks = list(_io.fast_chunks(path, "\t", 4, chunk_bytes=40))
-  assert [line for line, _ in chunks] == [1, 3, 5, 7, 9]
+  assert [line for line, _ in chunks] == [1, 4, 7]  # 3 whole lines each
   assert sum(len(c[0]) for _, c in chunks) == 9
+  # A dirty last chunk rolls back what the clean chunks added.
+  b = DatasetBuilder("t", implicit_items=True)
+  b.add_interaction("u0", "i0", 0)
+  dirty = write(tmp_path / "d.tsv", clean * 3 + "1\t2\t3\n")
+  assert not _io.add_fast(b, dirty, "\t", 4, 0, 1, 3, 2, header=False,
+                          chunk_bytes=40)
+  assert b.num_interactions == 1 and b.referenced_item_ids() == ["i0"]
+  assert _io.add_fast(b, path, "\t", 4, 0, 1, 3, 2, header=False,
+                      chunk_bytes=40)
+  data = b.build()
+  assert data.user_ids == ["u0", "10", "11"] and data.num_interactions == 10
   (tmp_path / "a").mkdir()
   (tmp_path / "b").mkdir()
   fast = loaders.load("movielens", ml100k(tmp_path / "a", u_data=clean))

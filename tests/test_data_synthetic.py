@@ -37,6 +37,8 @@ def test_default_size_and_well_formed():
   assert all(p > 0 for p in data.prices)
   assert all(data.brands) and all(d.endswith(".") for d in data.descriptions)
   assert set(np.unique(data.ratings)) <= {1, 2, 3, 4, 5}
+  pairs = data.users.astype(np.int64) * data.num_items + data.items
+  assert len(np.unique(pairs)) > 0.95 * data.num_interactions  # few repeats
   lengths = np.bincount(data.users)
   assert lengths.min() >= 5 and lengths.max() <= 100
   # Rows are grouped by user and strictly increasing in time within a user.
@@ -50,9 +52,9 @@ def test_default_size_and_well_formed():
     assert data.titles[i].startswith(data.brands[i] + " ")
 
 
-def _follow_rates(data, world, items_of_prepared=None):
+def _follow_rates(log, world):
   """P(next in targets(prev) | prev has targets), and the chance level."""
-  u, it = data
+  u, it = log
   same = u[1:] == u[:-1]
   prev, nxt = it[:-1][same], it[1:][same]
   counts = np.diff(world.target_ptr)

@@ -206,18 +206,31 @@ def test_mlm_is_t5_span_corruption(data):
     n_in = len(re.findall(r"<extra_id_\d+>", ex["inputs"]))
     assert n_in >= 1
     assert ex["inputs"].count("<extra_id_0>") == 1
-    assert ex["targets"].startswith("<extra_id_0>")
+    assert ex["targets"].startswith("<extra_id_0> ")
+    n_out = len(re.findall(r"<extra_id_\d+>", ex["targets"]))
+    assert n_out in (n_in, n_in + 1)
     words = text.split()
     hidden = len(re.sub(r"<extra_id_\d+>", " ", ex["targets"]).split())
     assert hidden == int(np.round(len(words) * 0.15))
   # Same noise statistics as T5's mask (number of tokens and spans).
   rng = np.random.default_rng(0)
   for length in (2, 5, 17, 40, 128):
-    mask = mlm.random_spans_noise_mask(length, 0.15, 3.0, rng)
     n_noise = min(max(int(np.round(length * 0.15)), 1), length - 1)
-    assert mask.sum() == n_noise and not mask[0]
-    spans = np.sum(mask[1:] & ~mask[:-1]) + int(mask[0])
-    assert spans == max(1, min(int(np.round(n_noise / 3.0)), length - n_noise))
+    n_spans = max(1, min(int(np.round(n_noise / 3.0)), length - n_noise))
+    mask = mlm.random_spans_noise_mask(length, 0.15, 3.0, rng)
+    assert mask.sum() == n_noise and not mask[0] and mask[-1]  # as T5
+    assert np.sum(mask[1:] & ~mask[:-1]) + int(mask[0]) == n_spans
+    rolled = mlm.random_spans_noise_mask(length, 0.15, 3.0, rng, True)
+    assert rolled.sum() == n_noise
+  # T5's own example.
+  words = "Thank you for inviting me to your party last week .".split()
+  noise = np.array([w in ("for", "inviting", "last") for w in words])
+  assert mlm.span_corrupt(words, noise) == (
+      "Thank you <extra_id_0> me to your party <extra_id_1> week .",
+      "<extra_id_0> for inviting <extra_id_1> last <extra_id_2>")
+  # Where the mask falls varies between items (rolled).
+  ends = {e["targets"].endswith(">") for e in exs}
+  assert ends == {True, False}
 
 
 def test_bpr(data):
@@ -276,3 +289,39 @@ def test_fixed_template(data):
 def test_bad_config():
   with pytest.raises(ValueError):
     PromptConfig(item_format="name")
+
+
+def test_unit_streams_do_not_depend_on_order():
+  a = common.Rngs(0, "ranking", "train")
+  a.for_unit(3).integers(100, size=7)  # consume part of another stream
+  x = a.for_unit(5).integers(1 << 30, size=5).tolist()
+  b = common.Rngs(0, "ranking", "train")
+  assert b.for_unit(5).integers(1 << 30, size=5).tolist() == x
+  fresh = np.random.Generator(np.random.Philox(
+      key=np.array([common._stream_key(0, "ranking", "train"), 5], np.uint64)))  # pylint: disable=protected-access
+  assert fresh.integers(1 << 30, size=5).tolist() == x
+  assert common.Rngs(1, "ranking", "train").for_unit(5).integers(
+      1 << 30, size=5).tolist() != x
+
+
+def test_sample_negatives():
+  rng = np.random.default_rng(0)
+  for _ in range(500):
+    n = int(rng.integers(1, 300))
+    exclude = rng.choice(n, size=int(rng.integers(0, n)), replace=False)
+    k = int(rng.integers(1, 120))
+    neg = common.sample_negatives(rng, n, np.concatenate([exclude, exclude[:2]]),
+                                  k)
+    assert len(set(neg)) == len(neg) == min(k, n - len(exclude))
+    assert not set(neg) & set(exclude.tolist())
+    assert all(0 <= x < n for x in neg)
+
+
+def test_tiny_histories_still_give_nonempty_examples(data):
+  cfg = PromptConfig(max_history=1, num_negatives=3)
+  for task in ALL_TASKS:
+    for split in TASK_SPLITS[task]:
+      for ex in run(task, data, split, cfg):
+        assert ex["inputs"].strip() and ex["targets"].strip()
+        if task in ("retrieval", "ranking", "rating", "bpr"):
+          assert len(ex["inputs"].split("; ")) <= 5  # one history item

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from recjax import checkpoints
 from recjax.models import t5
 
 CFG = t5.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
@@ -26,9 +27,33 @@ def _jit_apply(cfg, **static):
       variables, *args, **static, **kw))
 
 
+def random_params(cfg, seed=0):
+  """Random params of the right tree and shapes, without compiling `init`.
+
+  (Compiling the flax initializers costs ~10 s of CPU; init itself is covered
+  by test_init_variables_tree_and_scaling.)
+  """
+  rng = np.random.RandomState(seed)
+  flat = {}
+  for name, shape in t5.param_shapes(cfg).items():
+    if name.endswith('/scale'):
+      flat[name] = 1 + 0.2 * rng.randn(*shape)
+    elif name.endswith('/kernel'):
+      flat[name] = rng.randn(*shape) / np.sqrt(shape[0])
+    else:
+      flat[name] = rng.randn(*shape)
+  return checkpoints.unflatten_params(
+      {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+
+
 @pytest.fixture(scope='module')
 def params():
-  return nn.meta.unbox(t5.init_variables(CFG, jax.random.PRNGKey(0)))['params']
+  return random_params(CFG)
+
+
+# One jitted forward shared by the tests (same shapes -> one compilation).
+FWD = _jit_apply(CFG, enable_dropout=False)
+ENC_SHAPE, DEC_SHAPE = (2, 8), (2, 6)
 
 
 def _tokens(rng, shape, low=2):
@@ -69,22 +94,40 @@ def test_param_tree_matches_t5x_names_and_logical_axes():
       None, 'model')
 
 
+def test_init_variables_tree_and_scaling():
+  cfg = dataclasses.replace(CFG, num_encoder_layers=1, num_decoder_layers=1)
+  variables = t5.init_variables(cfg, jax.random.PRNGKey(0))
+  assert isinstance(variables['params']['token_embedder']['embedding'],
+                    nn.LogicallyPartitioned)
+  params = nn.meta.unbox(variables)['params']
+  flat = checkpoints.flatten_params(params)
+  assert {k: v.shape for k, v in flat.items()} == t5.param_shapes(cfg)
+  assert all(v.dtype == jnp.float32 for v in flat.values())
+  # 1/sqrt(head_dim) is folded into the query initializer, as in T5X.
+  q = flat['encoder/layers_0/attention/query/kernel']
+  k = flat['encoder/layers_0/attention/key/kernel']
+  np.testing.assert_allclose(float(q.std() / k.std()),
+                             1 / np.sqrt(cfg.head_dim), rtol=0.3)
+  np.testing.assert_array_equal(flat['encoder/encoder_norm/scale'], 1.0)
+
+
 def test_sharded_forward_equals_unsharded(params):
   """Logical constraints inside jit on a ('data','model') mesh change nothing."""
   rng = np.random.RandomState(0)
-  enc, dec = _tokens(rng, (4, 8)), _tokens(rng, (4, 6))
+  enc, dec = _tokens(rng, ENC_SHAPE), _tokens(rng, DEC_SHAPE)
   model = t5.Transformer(CFG)
-  plain = _jit_apply(CFG, enable_dropout=False)({'params': params}, enc, dec,
-                                                dec)
-  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2),
+  plain = FWD({'params': params}, enc, dec, dec)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 4),
                            ('data', 'model'))
   rules = (('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'),
-           ('joined_kv', 'model'), ('heads', 'model'), ('kv', None),
+           ('joined_kv', 'model'), ('heads', None), ('kv', None),
            ('embed', None), ('length', None), ('relpos_buckets', None))
   axes = t5.logical_axes(CFG)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     shard = nn.logical_to_mesh_sharding(axes, mesh, rules)
     p = jax.device_put(params, shard)
+    assert p['decoder']['logits_dense']['kernel'].sharding.spec == (
+        jax.sharding.PartitionSpec(None, 'model'))
     fn = jax.jit(lambda p, e, d: model.apply({'params': p}, e, d, d,
                                              enable_dropout=False))
     sharded = fn(p, enc, dec)
@@ -94,12 +137,11 @@ def test_sharded_forward_equals_unsharded(params):
 
 def test_kv_cache_decoding_matches_teacher_forcing(params):
   rng = np.random.RandomState(1)
-  enc = _tokens(rng, (2, 7)).at[1, 5:].set(0)  # padding in example 2
-  dec = _tokens(rng, (2, 6)).at[:, 0].set(0)
-  targets = _tokens(rng, (2, 6))
+  enc = _tokens(rng, ENC_SHAPE).at[1, 5:].set(0)  # padding in example 2
+  dec = _tokens(rng, DEC_SHAPE).at[:, 0].set(0)
+  targets = _tokens(rng, DEC_SHAPE)
   model = t5.Transformer(CFG)
-  full = _jit_apply(CFG, enable_dropout=False)({'params': params}, enc, dec,
-                                               targets)
+  full = FWD({'params': params}, enc, dec, targets)
   encoded = _jit_apply(CFG, enable_dropout=False,
                        method=t5.Transformer.encode)({'params': params}, enc)
   # Allocating the cache only needs shapes (as T5X's initialize_cache).
@@ -165,15 +207,15 @@ def test_packed_segments_equal_separate_runs(params):
 
 def test_input_embeddings_replace_token_embeddings(params):
   rng = np.random.RandomState(3)
-  enc, dec = _tokens(rng, (2, 6)), _tokens(rng, (2, 4))
+  enc, dec = _tokens(rng, ENC_SHAPE), _tokens(rng, DEC_SHAPE)
   fwd = _jit_apply(CFG, enable_dropout=False)
-  plain = fwd({'params': params}, enc, dec, dec)
+  plain = FWD({'params': params}, enc, dec, dec)
   table = params['token_embedder']['embedding']
-  mask = jnp.asarray(rng.rand(2, 6) < 0.5)
+  mask = jnp.asarray(rng.rand(*ENC_SHAPE) < 0.5)
   same = fwd({'params': params}, enc, dec, dec, input_embeddings=table[enc],
              embedding_mask=mask)
   np.testing.assert_array_equal(np.asarray(same), np.asarray(plain))
-  soft = jnp.asarray(rng.randn(2, 6, 16), jnp.float32)
+  soft = jnp.asarray(rng.randn(*ENC_SHAPE, 16), jnp.float32)
   other = fwd({'params': params}, enc, dec, dec, input_embeddings=soft,
               embedding_mask=mask)
   assert not np.allclose(np.asarray(other), np.asarray(plain))
@@ -185,18 +227,21 @@ def test_input_embeddings_replace_token_embeddings(params):
 
 
 def test_dropout_off_is_deterministic_and_on_is_random():
-  cfg = dataclasses.replace(CFG, dropout_rate=0.3)
-  variables = t5.init_variables(cfg, jax.random.PRNGKey(0))
+  cfg = dataclasses.replace(CFG, dropout_rate=0.3, num_encoder_layers=1,
+                            num_decoder_layers=1)
+  variables = {'params': random_params(cfg)}
   rng = np.random.RandomState(4)
   enc, dec = _tokens(rng, (2, 5)), _tokens(rng, (2, 3))
   off, on = _jit_apply(cfg, enable_dropout=False), _jit_apply(
       cfg, enable_dropout=True)
+  # 'rbg' keys compile much faster than threefry on CPU; semantics are equal.
+  key = lambda seed: jax.random.key(seed, impl='rbg')
   a = off(variables, enc, dec, dec)
-  b = off(variables, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(9)})
+  b = off(variables, enc, dec, dec, rngs={'dropout': key(9)})
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  c = on(variables, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(1)})
-  d = on(variables, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(1)})
-  e = on(variables, enc, dec, dec, rngs={'dropout': jax.random.PRNGKey(2)})
+  c = on(variables, enc, dec, dec, rngs={'dropout': key(1)})
+  d = on(variables, enc, dec, dec, rngs={'dropout': key(1)})
+  e = on(variables, enc, dec, dec, rngs={'dropout': key(2)})
   np.testing.assert_array_equal(np.asarray(c), np.asarray(d))
   assert not np.allclose(np.asarray(c), np.asarray(a))
   assert not np.allclose(np.asarray(c), np.asarray(e))
@@ -204,23 +249,22 @@ def test_dropout_off_is_deterministic_and_on_is_random():
 
 def test_bfloat16_activations_and_remat(params):
   rng = np.random.RandomState(5)
-  enc, dec = _tokens(rng, (2, 5)), _tokens(rng, (2, 3))
-  f32 = _jit_apply(CFG, enable_dropout=False)({'params': params}, enc, dec,
-                                              dec)
+  enc, dec = _tokens(rng, ENC_SHAPE), _tokens(rng, DEC_SHAPE)
+  f32 = FWD({'params': params}, enc, dec, dec)
   bf16_cfg = dataclasses.replace(CFG, dtype='bfloat16', remat_policy='full')
   model = t5.Transformer(bf16_cfg)
-  out = _jit_apply(bf16_cfg, enable_dropout=False)({'params': params}, enc,
-                                                   dec, dec)
-  assert out.dtype == jnp.float32 and out.shape == (2, 3, 64)
-  np.testing.assert_allclose(np.asarray(out), np.asarray(f32), atol=0.15)
 
   def loss(p):
-    return model.apply({'params': p}, enc, dec, dec, enable_dropout=False).sum()
+    logits = model.apply({'params': p}, enc, dec, dec, enable_dropout=False)
+    return logits.sum(), logits
 
-  grads = jax.jit(jax.grad(loss))(params)
-  assert set(grads) == set(params)
-  assert grads['encoder']['layers_0']['mlp']['wo']['kernel'].dtype == (
-      jnp.float32)
+  (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  assert out.dtype == jnp.float32 and out.shape == (2, 6, 64)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(f32), atol=0.15)
+  assert jax.tree_util.tree_structure(grads) == (
+      jax.tree_util.tree_structure(params))
+  wo = grads['encoder']['layers_0']['mlp']['wo']['kernel']
+  assert wo.dtype == jnp.float32 and float(jnp.abs(wo).sum()) > 0
 
 
 @gin.configurable('test_t5_model_config_probe')

@@ -125,7 +125,7 @@ def test_vocab_size_check():
   name = test_utils.register_tiny_task()
   small = test_utils.tiny_model(test_utils.TinyConfig(vocab_size=128))
   small.input_vocabulary = small.output_vocabulary = None
-  with pytest.raises(ValueError, match=r'vocab_size \(128\).*259.*= 384'):
+  with pytest.raises(ValueError, match=r'vocab_size \(128\).*259.*VOCAB_SIZE=384'):
     trainer.check_vocab_size(small, name)
   fixed = trainer.check_vocab_size(small, name, auto_vocab_size=True)
   assert fixed.module.config.vocab_size == 384

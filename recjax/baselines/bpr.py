@@ -9,6 +9,7 @@ epoch's parameters are tested.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -49,6 +50,26 @@ class NegativeSampler:
                      "with (almost) every item")
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(model: MF, learning_rate: float):
+  """Jitted train step and scorer, cached so repeated runs compile once."""
+  tx = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(params, opt_state, u, p, n):
+    def loss_fn(prm):
+      return model.apply({"params": prm}, u, p, n, method=MF.bpr_loss)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  @jax.jit
+  def full_scores(params, u):
+    return model.apply({"params": params}, u, method=MF.full_scores)
+
+  return tx, step, full_scores
+
+
 def train_bpr(data: PreparedData, *, seed: int = 0, epochs: int | None = None,
               log: Callable[[str], None] | None = print,
               **hparams) -> common.BaselineResult:
@@ -66,22 +87,10 @@ def train_bpr(data: PreparedData, *, seed: int = 0, epochs: int | None = None,
   rng = np.random.default_rng(seed)
 
   model = MF(data.num_users, data.num_items, hp["embed_dim"])
-  params = nn.unbox(model.init(jax.random.PRNGKey(seed), jnp.zeros(1, jnp.int32),
+  params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros(1, jnp.int32),
                                jnp.zeros(1, jnp.int32))["params"])
-  tx = optax.adam(hp["learning_rate"])
+  tx, step, full_scores = _compiled(model, hp["learning_rate"])
   opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, u, p, n):
-    def loss_fn(prm):
-      return model.apply({"params": prm}, u, p, n, method=MF.bpr_loss)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  @jax.jit
-  def full_scores(params, u):
-    return model.apply({"params": params}, u, method=MF.full_scores)
 
   sets = {s: common.eval_set(data, s) for s in common.EVAL_SPLITS}
 

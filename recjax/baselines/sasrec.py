@@ -4,13 +4,21 @@ Training (`training='prefix'`, RecBole's data augmentation): every position
 i >= 1 of each user's train sequence is one example, history = the previous
 (at most `max_len`) items, target = item i; loss `ce` over all items. The
 SASRec paper's variant (`training='sequence'`, usually with `loss='bce'`):
-one example per user, a target at every position. Adam lr 1e-3, batch 256,
+one example per user, a target at every position. A faster approximation of
+the prefix mode (`training='window'`): each user's first `max_len` items form
+one window with a target at every position (exactly the first `max_len`
+prefix examples), and later targets are grouped `window_stride` at a time into
+windows of the `max_len` items before the group's last target, so every
+target keeps at least `max_len - window_stride + 1` items of history; batches
+hold about `batch_size` targets. Adam lr 1e-3, batch 256,
 at most 30 epochs, early stopping on validation NDCG@10 (patience 5, RecBole
 semantics), best epoch tested. The validation input is the train sequence, the
 test input adds the validation item (the model is not retrained on it).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -26,8 +34,8 @@ from recjax.models.sasrec import SASRec, SASRecConfig
 DEFAULTS = dict(max_len=50, n_layers=2, n_heads=2, hidden=64, inner=256,
                 hidden_dropout=0.5, attn_dropout=0.5, learning_rate=1e-3,
                 batch_size=256, epochs=30, patience=5, loss="ce",
-                training="prefix", mask_history=True, ties="pessimistic",
-                eval_batch_size=1024)
+                training="prefix", window_stride=5, mask_history=True,
+                ties="pessimistic", eval_batch_size=1024)
 
 
 def left_aligned(histories: list[np.ndarray], max_len: int
@@ -42,8 +50,22 @@ def left_aligned(histories: list[np.ndarray], max_len: int
   return out, lengths
 
 
-def prefix_examples(seqs: list[np.ndarray], max_len: int):
-  """RecBole's augmentation: (history tokens, length, target, user) per position >= 1."""
+@dataclasses.dataclass
+class Examples:
+  """Training rows: tokens [N, L], positions/targets [N, P] (-1 = no target)."""
+  tokens: np.ndarray
+  positions: np.ndarray
+  targets: np.ndarray
+  users: np.ndarray
+  rows_per_batch: int
+
+  def __len__(self):
+    return len(self.tokens)
+
+
+def prefix_examples(seqs: list[np.ndarray], max_len: int, batch_size: int
+                    ) -> list[Examples]:
+  """RecBole's augmentation: one row per position i >= 1, history = previous items."""
   hist, targets, users = [], [], []
   for u, s in enumerate(seqs):
     for i in range(1, len(s)):
@@ -51,18 +73,99 @@ def prefix_examples(seqs: list[np.ndarray], max_len: int):
       targets.append(s[i])
       users.append(u)
   tokens, lengths = left_aligned(hist, max_len)
-  return tokens, lengths, np.asarray(targets, np.int32), np.asarray(users, np.int64)
+  return [Examples(tokens, (lengths - 1)[:, None].astype(np.int32),
+                   np.asarray(targets, np.int32)[:, None],
+                   np.asarray(users, np.int64), batch_size)]
 
 
-def sequence_examples(seqs: list[np.ndarray], max_len: int):
+def sequence_examples(seqs: list[np.ndarray], max_len: int, batch_size: int
+                      ) -> list[Examples]:
   """The paper's layout: input s[:-1], target s[1:] at every position (-1 = none)."""
   keep = [u for u, s in enumerate(seqs) if len(s) >= 2]
-  tokens, lengths = left_aligned([seqs[u][:-1] for u in keep], max_len)
+  tokens, _ = left_aligned([seqs[u][:-1] for u in keep], max_len)
   targets = np.full(tokens.shape, -1, np.int32)
   for r, u in enumerate(keep):
     t = seqs[u][1:][-max_len:]
     targets[r, :len(t)] = t
-  return tokens, lengths, targets, np.asarray(keep, np.int64)
+  positions = np.broadcast_to(np.arange(max_len, dtype=np.int32), tokens.shape)
+  return [Examples(tokens, np.ascontiguousarray(positions), targets,
+                   np.asarray(keep, np.int64), batch_size)]
+
+
+def window_examples(seqs: list[np.ndarray], max_len: int, stride: int,
+                    batch_size: int) -> list[Examples]:
+  """`training='window'` rows (see the module docstring); two row shapes."""
+  first_tok, first_tgt, first_u = [], [], []
+  tok, pos, tgt, users = [], [], [], []
+  for u, s in enumerate(seqs):
+    n = len(s)
+    if n < 2:
+      continue
+    m = min(n, max_len)
+    t = np.full(max_len, -1, np.int32)
+    nt = min(n - 1, max_len)  # targets s[1..nt] at positions 0..nt-1
+    t[:nt] = s[1:nt + 1]
+    first_tok.append(s[:m])
+    first_tgt.append(t)
+    first_u.append(u)
+    for a in range(max_len + 1, n, stride):
+      b = min(a + stride - 1, n - 1)
+      tok.append(s[b - max_len:b])
+      p = np.zeros(stride, np.int32)
+      g = np.full(stride, -1, np.int32)
+      for k, i in enumerate(range(a, b + 1)):
+        p[k] = max_len - 1 - (b - i)
+        g[k] = s[i]
+      pos.append(p)
+      tgt.append(g)
+      users.append(u)
+  out = []
+  if first_tok:
+    ft, _ = left_aligned(first_tok, max_len)
+    out.append(Examples(
+        ft, np.broadcast_to(np.arange(max_len, dtype=np.int32), ft.shape).copy(),
+        np.stack(first_tgt), np.asarray(first_u, np.int64),
+        max(1, batch_size // max_len)))
+  if tok:
+    wt, _ = left_aligned(tok, max_len)
+    out.append(Examples(wt, np.stack(pos), np.stack(tgt),
+                        np.asarray(users, np.int64), max(1, batch_size // stride)))
+  return out
+
+
+def epoch_batches(groups: list[Examples], rng: np.random.Generator):
+  """Shuffled (group, row indices) batches covering every row once."""
+  batches = []
+  for g, ex in enumerate(groups):
+    perm = rng.permutation(len(ex))
+    for s in range(0, len(ex), ex.rows_per_batch):
+      batches.append((g, perm[s:s + ex.rows_per_batch]))
+  order = rng.permutation(len(batches))
+  return [batches[k] for k in order]
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(cfg: SASRecConfig, learning_rate: float, loss_type: str):
+  """Jitted train step and encoder, cached so repeated runs compile once."""
+  model = SASRec(cfg)
+  tx = optax.adam(learning_rate)
+
+  @jax.jit
+  def step(params, opt_state, rng_key, seq, tgt, pos, neg):
+    def loss_fn(prm):
+      return model.apply({"params": prm}, seq, tgt, positions=pos,
+                         negatives=neg if loss_type == "bce" else None,
+                         loss_type=loss_type, deterministic=False,
+                         method=SASRec.loss, rngs={"dropout": rng_key})
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  @jax.jit
+  def encode(params, seq, lens):
+    return model.apply({"params": params}, seq, lens, method=SASRec.encode)
+
+  return model, tx, step, encode
 
 
 def train_sasrec(data, *, seed: int = 0, epochs: int | None = None,
@@ -85,12 +188,16 @@ def train_sasrec(data, *, seed: int = 0, epochs: int | None = None,
   model = SASRec(cfg)
   seqs = common.train_sequences(data)
   if hp["training"] == "prefix":
-    tokens, lengths, targets, ex_users = prefix_examples(seqs, cfg.max_len)
+    groups = prefix_examples(seqs, cfg.max_len, hp["batch_size"])
   elif hp["training"] == "sequence":
-    tokens, lengths, targets, ex_users = sequence_examples(seqs, cfg.max_len)
+    groups = sequence_examples(seqs, cfg.max_len, hp["batch_size"])
+  elif hp["training"] == "window":
+    groups = window_examples(seqs, cfg.max_len, hp["window_stride"],
+                             hp["batch_size"])
   else:
-    raise ValueError(f"training {hp['training']!r}; expected 'prefix' or 'sequence'")
-  if not len(tokens):
+    raise ValueError(f"training {hp['training']!r}; expected 'prefix', "
+                     "'sequence' or 'window'")
+  if not sum(len(g) for g in groups):
     raise ValueError(f"{data.name}: no training examples (sequences too short)")
   all_users = np.concatenate([np.full(len(s), u, np.int64) for u, s in enumerate(seqs)])
   sampler = NegativeSampler(all_users, np.concatenate(seqs), data.num_items)
@@ -98,26 +205,11 @@ def train_sasrec(data, *, seed: int = 0, epochs: int | None = None,
   rng = np.random.default_rng(seed)
   key = jax.random.PRNGKey(seed)
   init_key, dropout_key = jax.random.split(key)
-  params = nn.unbox(model.init({"params": init_key},
+  params = nn.unbox(jax.jit(model.init)({"params": init_key},
                                jnp.zeros((1, cfg.max_len), jnp.int32))["params"])
-  tx = optax.adam(hp["learning_rate"])
-  opt_state = tx.init(params)
   loss_type = hp["loss"]
-
-  @jax.jit
-  def step(params, opt_state, rng_key, seq, tgt, lens, neg):
-    def loss_fn(prm):
-      return model.apply({"params": prm}, seq, tgt, lengths=lens,
-                         negatives=neg if loss_type == "bce" else None,
-                         loss_type=loss_type, deterministic=False,
-                         method=SASRec.loss, rngs={"dropout": rng_key})
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  @jax.jit
-  def encode(params, seq, lens):
-    return model.apply({"params": params}, seq, lens, method=SASRec.encode)
+  _, tx, step, encode = _compiled(cfg, hp["learning_rate"], loss_type)
+  opt_state = tx.init(params)
 
   sets = {s: common.eval_set(data, s) for s in common.EVAL_SPLITS}
   eval_inputs = {s: left_aligned(es.histories, cfg.max_len) for s, es in sets.items()}
@@ -138,28 +230,27 @@ def train_sasrec(data, *, seed: int = 0, epochs: int | None = None,
 
   stopper = common.EarlyStopper(hp["patience"])
   best_params, history = params, []
-  bs = hp["batch_size"]
-  n = len(tokens)
   epoch, n_steps = -1, 0
   for epoch in range(hp["epochs"]):
     t0 = common.Timer()
-    perm = rng.permutation(n)
     losses = []
-    for s in range(0, n, bs):
-      idx = perm[s:s + bs]
-      seq_b, len_b, tgt_b = tokens[idx], lengths[idx], targets[idx]
-      neg_b = sampler.sample(np.broadcast_to(ex_users[idx].reshape(
-          (-1,) + (1,) * (tgt_b.ndim - 1)), tgt_b.shape).reshape(-1),
-          rng).reshape(tgt_b.shape).astype(np.int32)
-      if len(idx) < bs:  # pad to one shape: padded rows have no target
-        pad = bs - len(idx)
+    for g, idx in epoch_batches(groups, rng):
+      ex = groups[g]
+      seq_b, pos_b, tgt_b = ex.tokens[idx], ex.positions[idx], ex.targets[idx]
+      users_b = np.repeat(ex.users[idx], tgt_b.shape[1])
+      if loss_type == "bce":
+        neg_b = sampler.sample(users_b, rng).reshape(tgt_b.shape).astype(np.int32)
+      else:
+        neg_b = np.zeros(tgt_b.shape, np.int32)
+      pad = ex.rows_per_batch - len(idx)
+      if pad:  # one shape per group: padded rows have no target
         seq_b = np.concatenate([seq_b, np.zeros((pad,) + seq_b.shape[1:], np.int32)])
-        len_b = np.concatenate([len_b, np.ones(pad, np.int32)])
+        pos_b = np.concatenate([pos_b, np.zeros((pad,) + pos_b.shape[1:], np.int32)])
         tgt_b = np.concatenate([tgt_b, np.full((pad,) + tgt_b.shape[1:], -1, np.int32)])
         neg_b = np.concatenate([neg_b, np.zeros((pad,) + neg_b.shape[1:], np.int32)])
       params, opt_state, loss = step(
           params, opt_state, jax.random.fold_in(dropout_key, n_steps),
-          jnp.asarray(seq_b), jnp.asarray(tgt_b), jnp.asarray(len_b),
+          jnp.asarray(seq_b), jnp.asarray(tgt_b), jnp.asarray(pos_b),
           jnp.asarray(neg_b))
       n_steps += 1
       losses.append(loss)

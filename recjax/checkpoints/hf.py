@@ -46,25 +46,34 @@ _ACTIVATIONS = {
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """Reads one .safetensors file into numpy (bfloat16 via ml_dtypes)."""
+  """Reads one .safetensors file as read-only memory maps (bf16 via ml_dtypes).
+
+  Own reader (the format is an 8-byte header length, a JSON header and raw
+  little-endian data) so bfloat16 files load into numpy without torch, and a
+  tensor is only paged in when it is converted.
+  """
   with open(path, 'rb') as f:
     header_len = struct.unpack('<Q', f.read(8))[0]
     header = json.loads(f.read(header_len))
-    base = 8 + header_len
-    out = {}
-    for name, info in header.items():
-      if name == '__metadata__':
-        continue
-      dtype = info['dtype']
-      if dtype not in _ST_DTYPES:
-        raise ValueError(f'{path}: tensor {name!r} has unsupported dtype '
-                         f'{dtype}')
-      start, end = info['data_offsets']
-      f.seek(base + start)
-      buf = f.read(end - start)
-      arr = np.frombuffer(buf, dtype=np.dtype(_ST_DTYPES[dtype]).newbyteorder(
-          '<')).reshape(info['shape'])
-      out[name] = arr
+  base = 8 + header_len
+  out = {}
+  for name, info in header.items():
+    if name == '__metadata__':
+      continue
+    dtype = info['dtype']
+    if dtype not in _ST_DTYPES:
+      raise ValueError(f'{path}: tensor {name!r} has unsupported dtype {dtype}')
+    start, end = info['data_offsets']
+    np_dtype = np.dtype(_ST_DTYPES[dtype]).newbyteorder('<')
+    shape = tuple(info['shape'])
+    if int(np.prod(shape)) * np_dtype.itemsize != end - start:
+      raise ValueError(f'{path}: tensor {name!r}: {end - start} bytes do not '
+                       f'hold {dtype}{list(shape)}')
+    if end == start:
+      out[name] = np.zeros(shape, np_dtype)
+    else:
+      out[name] = np.memmap(path, dtype=np_dtype, mode='r', offset=base + start,
+                            shape=shape)
   return out
 
 

@@ -26,6 +26,9 @@ from flax import serialization
 import numpy as np
 import tensorstore as ts
 
+from recjax.checkpoints import flatten_params
+from recjax.checkpoints import unflatten_params
+
 VERSION = 3
 
 
@@ -130,29 +133,12 @@ def load_t5x_params(path: str) -> dict[str, np.ndarray]:
   return out
 
 
-def save_t5x_checkpoint(params: Mapping[str, Any], path: str, *, step: int = 0,
-                        tensorstore_min_bytes: Optional[int] = None) -> str:
-  """Writes params as a T5X checkpoint (msgpack, version 3).
-
-  path: a directory (the file `checkpoint` is written inside, as T5X's
-  `checkpoint_<step>/`) or, when it ends in a file name not yet a directory
-  and tensorstore_min_bytes is None, the msgpack file itself. Arrays with at
-  least tensorstore_min_bytes bytes go to zarr folders with T5X's spec.
-  Written to a temporary name and renamed, so no half file is left.
-  Optimizer state is written empty ({'step': step, 'param_states': {}}).
-  """
-  from recjax.checkpoints import unflatten_params, flatten_params  # pylint: disable=g-import-not-at-top
-  flat = flatten_params(params)
-  if tensorstore_min_bytes is None and not os.path.isdir(path) and (
-      os.path.basename(path) != '' and not path.endswith(os.sep)):
-    file = path
-    ckpt_dir = os.path.dirname(os.path.abspath(file)) or '.'
-  else:
-    ckpt_dir = path
-    file = os.path.join(path, 'checkpoint')
+def _write(params: Mapping[str, Any], file: str, step: int,
+           tensorstore_min_bytes: Optional[int]) -> str:
+  ckpt_dir = os.path.dirname(os.path.abspath(file))
   os.makedirs(ckpt_dir, exist_ok=True)
   written = {}
-  for name, arr in flat.items():
+  for name, arr in flatten_params(params).items():
     arr = np.asarray(arr)
     if tensorstore_min_bytes is not None and arr.nbytes >= tensorstore_min_bytes:
       rel = 'target.' + name.replace('/', '.')
@@ -174,18 +160,31 @@ def save_t5x_checkpoint(params: Mapping[str, Any], path: str, *, step: int = 0,
            'optimizer': {'target': unflatten_params(written),
                          'state': {'step': np.asarray(step, np.int64),
                                    'param_states': {}}}}
-  data = serialization.msgpack_serialize(state)
   tmp = file + '.tmp'
   with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, file)
+    f.write(serialization.msgpack_serialize(state))
+  os.replace(tmp, file)  # never a half-written checkpoint file
   return file
+
+
+def save_t5x_checkpoint(params: Mapping[str, Any], ckpt_dir: str, *,
+                        step: int = 0,
+                        tensorstore_min_bytes: Optional[int] = None) -> str:
+  """Writes a T5X checkpoint directory (`ckpt_dir/checkpoint`, version 3).
+
+  Arrays of at least tensorstore_min_bytes bytes go to zarr folders beside
+  the msgpack with T5X's relative spec (None: everything inline). Optimizer
+  state is written empty ({'step': step, 'param_states': {}}). Returns the
+  msgpack file's path.
+  """
+  return _write(params, os.path.join(ckpt_dir, 'checkpoint'), step,
+                tensorstore_min_bytes)
 
 
 def save_t5x_msgpack(params: Mapping[str, Any], path: str, *,
                      step: int = 0) -> str:
-  """All arrays inline in one msgpack file at `path` (like the T5X fixture)."""
-  return save_t5x_checkpoint(params, path, step=step)
+  """One msgpack file at `path`, all arrays inline (like the T5X fixture)."""
+  return _write(params, path, step, None)
 
 
 __all__ = ['load_t5x_params', 'save_t5x_checkpoint', 'save_t5x_msgpack',

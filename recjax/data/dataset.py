@@ -219,6 +219,8 @@ class DatasetBuilder:
         return False
       title = item_id
     cats = []
+    if isinstance(categories, str):
+      categories = [categories]
     for c in categories or ():
       c = clean_text(c)
       if c is not None and c not in cats:
@@ -279,6 +281,7 @@ class DatasetBuilder:
         (self._line, np.arange(first_line, first_line + n, dtype=np.int64))):
       assert values.itemsize == arr.itemsize and values.shape == (n,)
       arr.frombytes(np.ascontiguousarray(values).tobytes())
+
   def checkpoint(self) -> tuple[int, int, int, int]:
     """A mark of the log's current size, for `rollback`."""
     return (len(self._users), len(self._user_index), len(self._key_index),

@@ -126,16 +126,19 @@ class SASRec(nn.Module):
     return self.encode(seq, lengths) @ self.item_embeddings().T
 
   def loss(self, seq: jax.Array, targets: jax.Array, *, lengths=None,
-           negatives=None, loss_type: str = "ce", deterministic: bool = False
-           ) -> jax.Array:
-    """Mean next-item loss.
+           positions=None, negatives=None, loss_type: str = "ce",
+           deterministic: bool = False) -> jax.Array:
+    """Mean next-item loss over the positions that have a target.
 
     Args:
       seq: [B, L] tokens (item index + 1; 0 = pad).
-      targets: [B] catalogue indices of the item after the last position
-        (RecBole's prefix augmentation; needs `lengths`), or [B, L] the next
-        item at every position (-1 = no target), as in the SASRec paper.
+      targets: catalogue indices (-1 = no target) of the item following a
+        position: [B] with `lengths` (the item after the last position,
+        RecBole's prefix augmentation); [B, P] with `positions` [B, P] (the
+        item after each listed position); or [B, L] (every position, as in
+        the SASRec paper).
       lengths: [B] real lengths, for [B] targets.
+      positions: [B, P] positions whose outputs predict `targets`.
       negatives: catalogue indices shaped like `targets`, for `bce`.
       loss_type: `ce` or `bce`.
       deterministic: False during training (dropout on).
@@ -143,12 +146,13 @@ class SASRec(nn.Module):
     if targets.ndim == 1:
       if lengths is None:
         raise ValueError("[B] targets need lengths")
-      h = self.encode(seq, lengths, deterministic)[:, None]  # [B, 1, D]
-      tgt = targets[:, None]
-      neg = None if negatives is None else negatives[:, None]
-    else:
-      h = self(seq, deterministic)
-      tgt, neg = targets, negatives
+      positions = jnp.clip(lengths - 1, 0, seq.shape[1] - 1)[:, None]
+      targets = targets[:, None]
+      negatives = None if negatives is None else negatives[:, None]
+    h = self(seq, deterministic)
+    if positions is not None:
+      h = jnp.take_along_axis(h, positions[..., None], axis=1)  # [B, P, D]
+    tgt, neg = targets, negatives
     weight = (tgt >= 0).astype(jnp.float32)
     tgt = jnp.maximum(tgt, 0)
     emb = self.item_embeddings()

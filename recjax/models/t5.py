@@ -13,18 +13,26 @@ Every parameter is created with `nn.with_logical_partitioning`, so
 logical axis names the trainer maps onto its mesh; main activations carry
 `nn.with_logical_constraint` (a no-op outside a mesh/rules context).
 
-Autoregressive decoding (as T5X's `Decoder`):
+Autoregressive decoding (as T5X's `Decoder`, cache in the 'cache' collection,
+T5X layout: cached_key/cached_value [batch, heads, head_dim, length] and a
+scalar cache_index per self-attention):
 
-  # 1. allocate the cache: one call with full-length decoder inputs.
-  _, state = model.apply({'params': params}, encoded, enc_tokens,
-                         dec_tokens_full, dec_tokens_full, decode=True,
-                         enable_dropout=False, mutable=['cache'],
-                         method=Transformer.decode)
-  # 2. one token a step, [B, 1] inputs.
-  logits, state = model.apply({'params': params, 'cache': state['cache']},
-                              encoded, enc_tokens, tok, tok, decode=True,
+  # 1. allocate: trace decode=True with full-length [B, L] decoder inputs; the
+  #    cache is zeros, so only its shapes are needed (T5X initialize_cache).
+  shapes = jax.eval_shape(functools.partial(
+      model.apply, decode=True, enable_dropout=False, mutable=['cache'],
+      method=Transformer.decode), {'params': params}, encoded, enc_tokens,
+      dec_tokens_full, dec_tokens_full)[1]['cache']
+  cache = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+  # 2. one token a step: [B, 1] inputs, max_decode_length=L.
+  logits, state = model.apply({'params': params, 'cache': cache}, encoded,
+                              enc_tokens, tok, tok, decode=True,
                               max_decode_length=L, enable_dropout=False,
                               mutable=['cache'], method=Transformer.decode)
+  cache = state['cache']
+
+T5X's `prefill` (filling the cache from a prompt in one call) is not
+implemented: feed prompt tokens one step at a time.
 """
 from __future__ import annotations
 

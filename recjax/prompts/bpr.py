@@ -37,7 +37,7 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
     neg = common.sample_negatives(rng, data.num_items, known, 1)
     if not len(neg):
       return None
-    pair = [pos, int(neg[0])]
+    pair = [pos, neg[0]]
     if rng.random() < 0.5:
       pair.reverse()
     tid = common.pick_template(rng, len(TEMPLATES), config)

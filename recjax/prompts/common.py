@@ -9,8 +9,10 @@ processes ran.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
+import operator
 import threading
 import weakref
 from typing import Any, Sequence
@@ -51,6 +53,8 @@ class PromptConfig:
     mim_mask_prob: probability of masking each item (at least one item is
       masked and one stays visible).
     mlm_noise_density, mlm_mean_noise_span_length: T5 span corruption.
+    mlm_random_roll: roll the noise mask by a random offset (seqio's option),
+      so short texts are not always masked at the end.
     mlm_max_words: item text is cut to this many words before corruption.
     ie_directions: 'both' (id->title and title->id per item) or 'random' (one
       of them per item).
@@ -69,6 +73,7 @@ class PromptConfig:
   mlm_noise_density: float = 0.15
   mlm_mean_noise_span_length: float = 3.0
   mlm_max_words: int = 128
+  mlm_random_roll: bool = True
   ie_directions: str = "both"
   template: int | None = None
 
@@ -133,7 +138,8 @@ def pick_template(rng: np.random.Generator, num_templates: int,
 
 
 # ---- item text ----------------------------------------------------------------
-def _clean(text: Any) -> str:
+def clean_text(text: Any) -> str:
+  """Whitespace-normalized text ("" for None)."""
   return " ".join(str(text or "").split())
 
 
@@ -165,7 +171,7 @@ class Context:
   @classmethod
   def build(cls, data: PreparedData, config: PromptConfig) -> "Context":
     ids = [str(it["id"]) for it in data.items]
-    titles = [_clean(it.get("title")) for it in data.items]
+    titles = [clean_text(it.get("title")) for it in data.items]
     fmt = config.item_format
     lo, hi = 1, 5
     if data.has_ratings:
@@ -196,11 +202,18 @@ def context(data: PreparedData, config: PromptConfig) -> Context:
   return ctx
 
 
+def pick(table: Sequence[str], indices: Sequence[int]) -> list[str]:
+  """[table[i] for i in indices], at C speed."""
+  if len(indices) == 1:
+    return [table[indices[0]]]
+  return list(operator.itemgetter(*indices)(table)) if len(indices) else []
+
+
 def history_text(ctx: Context, items: Sequence[int]) -> str:
-  m = ctx.mentions
-  return "; ".join([m[i] for i in items])
+  return "; ".join(pick(ctx.mentions, items))
 
 
+@functools.lru_cache(maxsize=4096)
 def format_rating(r: float) -> str:
   """Rating as target text: '4', or '4.5' for half stars."""
   r = round(float(r) * 2) / 2
@@ -227,22 +240,39 @@ def example(inputs: str, targets: str, task: str, template_id: int, *,
 
 
 def sample_negatives(rng: np.random.Generator, num_items: int,
-                     exclude: np.ndarray, k: int) -> np.ndarray:
-  """k distinct item indices not in `exclude` (fewer if the catalogue is small).
+                     exclude: Sequence[int] | np.ndarray, k: int) -> list[int]:
+  """k distinct item indices in [0, num_items) not in `exclude`, random order.
 
-  Draws k distinct ranks among the allowed items and maps each rank r to the
-  r-th allowed item: r + (number of excluded items at or below it), found by
-  a binary search over `sorted(exclude) - arange`. No rejection loop, so the
-  cost does not grow with the user's history.
+  Fewer than k if the catalogue is too small. Draws k distinct ranks among the
+  allowed items and maps each rank r to the r-th allowed item,
+  r + #(excluded items at or below it), by a binary search over
+  `sorted(exclude) - arange`. The ranks come from one vectorized draw with
+  replacement, accepted when all distinct (uniform over ordered k-tuples, like
+  `choice(replace=False)` but cheaper); large k falls back to
+  `Generator.choice`.
   """
-  excluded = np.unique(exclude)
+  excluded = np.sort(np.asarray(exclude, np.int64))
+  if len(excluded) > 1 and not (excluded[1:] != excluded[:-1]).all():
+    excluded = np.unique(excluded)
   available = num_items - len(excluded)
   k = min(k, available)
   if k <= 0:
-    return np.zeros(0, np.int64)
-  ranks = rng.choice(available, size=k, replace=False)
+    return []
+  ranks = None
+  if k * k <= 2 * available:  # all distinct with probability >= ~60%
+    for _ in range(4):
+      draw = rng.integers(0, available, size=k)
+      if k == 1:
+        ranks = draw
+        break
+      s = np.sort(draw)
+      if (s[1:] != s[:-1]).all():
+        ranks = draw
+        break
+  if ranks is None:
+    ranks = rng.choice(available, size=k, replace=False)
   shift = excluded - np.arange(len(excluded))
-  return ranks + np.searchsorted(shift, ranks, side="right")
+  return (ranks + np.searchsorted(shift, ranks, side="right")).tolist()
 
 
 def held_out_case(data: PreparedData, split: str, user: int,

@@ -22,6 +22,7 @@ does not depend on the shard count or on the number of processes.
 """
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -80,26 +81,74 @@ def _entry(key: str, feature: bytes) -> bytes:
   return b"\n" + _ld(body)
 
 
+class _BytesValues(dict):
+  """str -> one encoded BytesList value, tag included.
+
+  Candidates repeat the catalogue's item ids, so each is encoded once;
+  `map(cache.__getitem__, ...)` stays in C except on a miss.
+  """
+
+  def __missing__(self, text: str) -> bytes:
+    value = b"\n" + _ld(text.encode())
+    self[text] = value
+    return value
+
+
+_BYTES_VALUES = _BytesValues()
+
+
 _KEY_PREFIX = {k: b"\n" + _ld(k.encode()) + b"\x12"
                for k in (STRING_FEATURES + INT_FEATURES + FLOAT_FEATURES +
                          LIST_FEATURES)}
 
 
+@functools.lru_cache(maxsize=None)
+def _int_entry(key: str, value: int) -> bytes:
+  return _entry(key, b"\x1a" + _ld(b"\n" + _ld(_varint(value & (2**64 - 1)))))
+
+
+@functools.lru_cache(maxsize=4096)
+def _float_entry(key: str, value: float) -> bytes:
+  return _entry(key, b"\x12" + _ld(b"\n" + _ld(struct.pack("<f", value))))
+
+
+_NAN_RATING = _float_entry("rating", math.nan)
+
+
 def serialize_example(ex: dict[str, Any]) -> bytes:
-  """tf.train.Example bytes for one prompt example (see module docstring)."""
+  """tf.train.Example bytes for one prompt example (see module docstring).
+
+  Lengths are computed instead of nesting messages, so each string is copied
+  once (into the final join).
+  """
   parts = []
+  add = parts.append
   for k in STRING_FEATURES:
     v = ex.get(k, "")
     v = v.encode() if isinstance(v, str) else bytes(v)
-    parts.append(_entry(k, b"\n" + _ld(b"\n" + _ld(v))))  # bytes_list
-  cands = b"".join([b"\n" + _ld(c.encode())
-                    for c in ex.get("candidates", ())])
-  parts.append(_entry("candidates", b"\n" + _ld(cands)))
-  tid = _varint(int(ex.get("template_id", 0)) & (2**64 - 1))
-  parts.append(_entry("template_id", b"\x1a" + _ld(b"\n" + _ld(tid))))
-  rating = struct.pack("<f", float(ex.get("rating", math.nan)))
-  parts.append(_entry("rating", b"\x12" + _ld(b"\n" + _ld(rating))))
-  return b"\n" + _ld(b"".join(parts))
+    # entry{key, value=Feature{bytes_list=BytesList{value=[v]}}}
+    l1 = _varint(len(v))
+    bl = 1 + len(l1) + len(v)
+    l2 = _varint(bl)
+    fl = 1 + len(l2) + bl
+    l3 = _varint(fl)
+    prefix = _KEY_PREFIX[k]
+    add(b"\n")
+    add(_varint(len(prefix) + len(l3) + fl))
+    add(prefix)
+    add(l3)
+    add(b"\n")
+    add(l2)
+    add(b"\n")
+    add(l1)
+    add(v)
+  cands = b"".join(map(_BYTES_VALUES.__getitem__, ex.get("candidates", ())))
+  add(_entry("candidates", b"\n" + _ld(cands)))
+  add(_int_entry("template_id", int(ex.get("template_id", 0))))
+  rating = float(ex.get("rating", math.nan))
+  add(_NAN_RATING if math.isnan(rating) else _float_entry("rating", rating))
+  body = b"".join(parts)
+  return b"\n" + _varint(len(body)) + body
 
 
 # ---- work units -----------------------------------------------------------------
@@ -131,9 +180,10 @@ def _write_unit(unit: tuple[str, str, int, int]) -> tuple[str, str, int, int,
 
 
 def _vocab_sentences(data: PreparedData, config: PromptConfig, seed: int,
-                     tasks: Sequence[str], max_prompts_per_task: int
-                     ) -> Iterable[str]:
-  for item in data.items:
+                     tasks: Sequence[str], max_prompts_per_task: int,
+                     max_items: int) -> Iterable[str]:
+  """Item texts (an even sample of at most `max_items`), then prompt samples."""
+  for item in data.items[::max(1, math.ceil(data.num_items / max_items))]:
     text = mlm.item_text(item)
     if text:
       yield text
@@ -160,7 +210,8 @@ def train_vocabulary(data: PreparedData, path: pathlib.Path, *,
   """Trains the T5-style SentencePiece model; returns its vocabulary size."""
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   sentences = list(itertools.islice(
-      _vocab_sentences(data, config, seed, tasks, max_prompts_per_task),
+      _vocab_sentences(data, config, seed, tasks, max_prompts_per_task,
+                       max_items=int(input_sentence_size) // 2),
       int(input_sentence_size)))
   # Byte fallback needs 256 byte pieces besides the characters and specials.
   chars = len(set().union(*map(set, sentences))) if sentences else 0
@@ -255,8 +306,10 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
   vocab_size = int(vocab_size or DEFAULT_VOCAB_SIZE)
 
   pairs = [(t, s) for t in tasks for s in splits if s in TASK_SPLITS[t]]
-  for t in {t for t, _ in pairs}:
+  for t, s in pairs:
     (directory / "tasks" / t).mkdir(parents=True, exist_ok=True)
+    for stale in (directory / "tasks" / t).glob(f"{s}.tfrecord-*"):
+      stale.unlink()  # a previous run's shards would match the file pattern
   work: list[Any] = [(t, s, i, num_shards) for t, s in pairs
                      for i in range(num_shards)]
   if train_vocab:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
-
 from recjax.data.prepared import PreparedData
 from recjax.data.split import train_sequence
 from recjax.prompts import common
@@ -36,7 +34,7 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
     return
   ctx = common.context(data, config)
   rngs = common.Rngs(seed, TASK, split)
-  h = config.max_history
+  h = max(config.max_history, 2)  # one item masked, one visible
 
   def make(rng, window: list[int]) -> Example:
     n = len(window)

@@ -1,11 +1,13 @@
 """Masked Language Modeling on item text: T5 span corruption.
 
 The item text (title, description, categories) is split on whitespace and
-corrupted exactly as T5's `span_corruption` does it (`random_spans_noise_mask`
-with noise density 0.15 and mean span length 3, no roll): each noise span is
-replaced in the inputs by one sentinel `<extra_id_k>`, and the targets are the
-noise spans, each preceded by its sentinel, with every non-noise span of the
-targets replaced by a sentinel. The units are words rather than SentencePiece
+corrupted as T5's `span_corruption` does it (`random_spans_noise_mask` with
+noise density 0.15 and mean span length 3): each noise span is replaced in the
+inputs by one sentinel `<extra_id_k>`, and the targets are the noise spans,
+each preceded by its sentinel, ending with a sentinel when the text ends with
+non-noise words. The mask is rolled by a random offset (seqio's `random_roll`;
+`PromptConfig.mlm_random_roll`), because item texts are short: unrolled, a
+single span would always hide the last words. The units are words rather than SentencePiece
 pieces because prompts are written before the vocabulary exists; the sentinel
 strings encode to seqio's extra ids (see `tests/test_seqio_tasks.py`).
 Deterministic per (seed, split, item).
@@ -35,17 +37,22 @@ def sentinel(k: int) -> str:
 
 def item_text(item: dict) -> str:
   """The text MLM corrupts: title, then description, then categories."""
-  parts = [common._clean(item.get("title")),  # pylint: disable=protected-access
-           common._clean(item.get("description")),  # pylint: disable=protected-access
-           ", ".join(common._clean(c) for c in item.get("categories") or []  # pylint: disable=protected-access
-                     if common._clean(c))]  # pylint: disable=protected-access
+  parts = [common.clean_text(item.get("title")),
+           common.clean_text(item.get("description")),
+           ", ".join(common.clean_text(c) for c in item.get("categories") or []
+                     if common.clean_text(c))]
   return ". ".join(p.rstrip(".") for p in parts if p)
 
 
 def random_spans_noise_mask(length: int, noise_density: float,
                             mean_noise_span_length: float,
-                            rng: np.random.Generator) -> np.ndarray:
-  """T5's `random_spans_noise_mask` in numpy (bool[length], True = noise)."""
+                            rng: np.random.Generator,
+                            random_roll: bool = False) -> np.ndarray:
+  """T5's `random_spans_noise_mask` in numpy (bool[length], True = noise).
+
+  `random_roll` rolls the mask by a random offset as seqio's option of the
+  same name does; without it a short text always has its last words masked.
+  """
   orig_length = length
   length = max(length, 2)
   num_noise_tokens = int(np.round(length * noise_density))
@@ -69,24 +76,33 @@ def random_spans_noise_mask(length: int, noise_density: float,
   indicator = np.zeros(length, np.int64)
   indicator[span_starts] = 1
   span_num = np.cumsum(indicator)
-  return (span_num % 2 == 1)[:orig_length]
+  mask = span_num % 2 == 1
+  if random_roll:
+    mask = np.roll(mask, int(rng.integers(length)))
+  return mask[:orig_length]
 
 
 def span_corrupt(words: list[str], noise: np.ndarray) -> tuple[str, str]:
-  """(inputs, targets) as T5 builds them from a noise mask."""
+  """(inputs, targets) as T5 builds them from a noise mask.
+
+  Inputs keep the non-noise words and put `<extra_id_k>` in place of the k-th
+  noise span; targets are `<extra_id_k>` followed by the k-th noise span, for
+  every k, then one more sentinel if the text ends with non-noise words
+  (exactly T5's output when the text starts with non-noise words; a rolled
+  mask that starts with noise still gets `<extra_id_0>` first).
+  """
   inputs, targets = [], []
-  k_in = k_out = 0
-  prev = None
+  k = 0
+  prev = False
   for w, is_noise in zip(words, noise.tolist()):
-    if is_noise != prev:  # a new span starts
-      if is_noise:
-        inputs.append(sentinel(k_in))
-        k_in += 1
-      else:
-        targets.append(sentinel(k_out))
-        k_out += 1
+    if is_noise and not prev:
+      inputs.append(sentinel(k))
+      targets.append(sentinel(k))
+      k += 1
     (targets if is_noise else inputs).append(w)
     prev = is_noise
+  if not prev:
+    targets.append(sentinel(k))
   return " ".join(inputs), " ".join(targets)
 
 
@@ -103,7 +119,8 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
       continue
     rng = rngs.for_unit(i)
     noise = random_spans_noise_mask(len(words), config.mlm_noise_density,
-                                    config.mlm_mean_noise_span_length, rng)
+                                    config.mlm_mean_noise_span_length, rng,
+                                    random_roll=config.mlm_random_roll)
     inputs, targets = span_corrupt(words, noise)
     tid = common.pick_template(rng, len(TEMPLATES), config)
     yield common.example(TEMPLATES[tid].format(text=inputs), targets, TASK, tid,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
-
 from recjax.data.prepared import PreparedData
 from recjax.data.split import train_sequence
 from recjax.prompts import common
@@ -39,15 +37,15 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
   def make(rng, hist, target: int, known) -> Example:
     negatives = common.sample_negatives(rng, n_items, known,
                                         config.num_negatives)
-    cands = np.append(negatives, target)[rng.permutation(len(negatives) + 1)]
-    cands = cands.tolist()
+    cands = negatives  # already in random order
+    cands.insert(int(rng.integers(len(cands) + 1)), target)
     tid = common.pick_template(rng, len(TEMPLATES), config)
     inputs = TEMPLATES[tid].format(
         history=common.history_text(ctx, hist),
         candidates=common.history_text(ctx, cands))
     return common.example(inputs, ctx.targets[target], TASK, tid,
                           target_item=ctx.ids[target],
-                          candidates=[ctx.ids[c] for c in cands])
+                          candidates=common.pick(ctx.ids, cands))
 
   for u in common.units(data.num_users, shard):
     rng = rngs.for_unit(u)

@@ -35,10 +35,11 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
   lo, hi = ctx.rating_scale
   m = ctx.mentions
 
-  def make(rng, hist, hist_r, target: int, rating: float) -> Example:
-    text = "; ".join([m[i] if math.isnan(r) else
-                      f"{m[i]}: {common.format_rating(r)}"
-                      for i, r in zip(hist, hist_r)])
+  def rated(items, ratings) -> list[str]:
+    return [m[i] if math.isnan(r) else f"{m[i]}: {common.format_rating(r)}"
+            for i, r in zip(items, ratings)]
+
+  def make(rng, text: str, target: int, rating: float) -> Example:
     tid = common.pick_template(rng, len(TEMPLATES), config)
     inputs = TEMPLATES[tid].format(history=text, item=m[target], lo=lo, hi=hi)
     return common.example(inputs, common.format_rating(rating), TASK, tid,
@@ -52,14 +53,14 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
       positions = common.train_prefixes(seq, config)
       if not config.rating_all_prefixes:
         positions = positions[-1:]
+      texts = rated(seq, rts)  # each "title: rating" formatted once
       for t in positions:
-        if math.isnan(rts[t]):
-          continue
-        lo_t = max(0, t - h)
-        yield make(rng, seq[lo_t:t], rts[lo_t:t], seq[t], rts[t])
+        if not math.isnan(rts[t]):
+          yield make(rng, "; ".join(texts[max(0, t - h):t]), seq[t], rts[t])
     else:
       case = common.held_out_case(data, split, u, h)
       if case is None or math.isnan(case.target_rating):
         continue
-      yield make(rng, case.history.tolist(), case.history_ratings.tolist(),
-                 case.target, case.target_rating)
+      text = "; ".join(rated(case.history.tolist(),
+                             case.history_ratings.tolist()))
+      yield make(rng, text, case.target, case.target_rating)

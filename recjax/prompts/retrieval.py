@@ -31,10 +31,10 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
   rngs = common.Rngs(seed, TASK, split)
   h = config.max_history
 
-  def make(template: int, hist, target: int) -> Example:
-    return common.example(
-        TEMPLATES[template].format(history=common.history_text(ctx, hist)),
-        ctx.targets[target], TASK, template, target_item=ctx.ids[target])
+  def make(template: int, hist_text: str, target: int) -> Example:
+    return common.example(TEMPLATES[template].format(history=hist_text),
+                          ctx.targets[target], TASK, template,
+                          target_item=ctx.ids[target])
 
   for u in common.units(data.num_users, shard):
     rng = rngs.for_unit(u)
@@ -50,11 +50,13 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
       else:
         templates = [common.pick_template(rng, len(TEMPLATES), config)] * len(
             positions)
+      ms = common.pick(ctx.mentions, seq)  # each mention formatted once
       for t, tid in zip(positions, templates):
-        yield make(tid, seq[max(0, t - h):t], seq[t])
+        yield make(tid, "; ".join(ms[max(0, t - h):t]), seq[t])
     else:
       case = common.held_out_case(data, split, u, h)
       if case is None:
         continue
       tid = common.pick_template(rng, len(TEMPLATES), config)
-      yield make(tid, case.history.tolist(), case.target)
+      yield make(tid, common.history_text(ctx, case.history.tolist()),
+                 case.target)

@@ -190,7 +190,8 @@ def init_state(model, setup: StateSetup, partitioner, input_shapes,
                     params=params, opt_state=opt_state)
 
 
-def load_initial_params(path: str, setup: StateSetup) -> PyTree:
+def load_initial_params(path: str, setup: StateSetup,
+                        model: Optional[model_api.BaseModel] = None) -> PyTree:
   """Params from a recjax orbax dir, or via `recjax.checkpoints.load_params`
   (HF safetensors / T5X) checked against the model's shapes."""
   abstract = setup.abstract_state.params
@@ -205,8 +206,9 @@ def load_initial_params(path: str, setup: StateSetup) -> PyTree:
         abstract, setup.state_shardings.params)
     return checkpointing.restore_params_from_recjax_dir(path, target)
   from recjax import checkpoints  # pylint: disable=g-import-not-at-top
-  expected = jax.tree_util.tree_map(lambda a: tuple(a.shape), abstract)
-  params = checkpoints.load_params(path, expected_shapes=expected)
+  params = checkpoints.load_params(
+      path, expected_shapes=abstract,
+      config=getattr(getattr(model, 'module', None), 'config', None))
   params = flax.core.unfreeze(params)
   want = jax.tree_util.tree_structure(abstract)
   got = jax.tree_util.tree_structure(params)
@@ -290,9 +292,10 @@ def check_vocab_size(model: model_api.BaseModel, mixture_or_task_name: str,
   if not auto_vocab_size:
     raise ValueError(
         f"The model's vocab_size ({have}) is smaller than the vocabulary of "
-        f"task {mixture_or_task_name!r} ({need} ids). Set "
-        f"`T5Config.vocab_size = {rounded}` in the model gin (or pass "
-        f"--gin.train.auto_vocab_size=True to round it up automatically).")
+        f"task {mixture_or_task_name!r} ({need} ids). Pass "
+        f"--gin.VOCAB_SIZE={rounded} (the model gins bind T5Config.vocab_size "
+        f"= %VOCAB_SIZE), or --gin.train.auto_vocab_size=True to round the "
+        f"task's vocabulary up to a multiple of 128 automatically.")
   logging.warning('Setting vocab_size %d -> %d for task %s', have, rounded,
                   mixture_or_task_name)
   model.module = model.module.clone(
@@ -381,7 +384,7 @@ def train(*,
   else:
     params = None
     if initial_checkpoint_path:
-      params = load_initial_params(initial_checkpoint_path, setup)
+      params = load_initial_params(initial_checkpoint_path, setup, model)
       print(f'[recjax] initial params from {initial_checkpoint_path}',
             file=sys.stderr)
     state = init_state(model, setup, partitioner, input_shapes, init_rng,

@@ -6,6 +6,20 @@ its options). Every loader takes `input_path` and keyword `on_error`
 and returns a `RecDataset` whose `skipped` counts dropped records by reason.
 Loaders whose source has an item file also take `missing_title`
 ('skip' | 'id'; see `recjax.data.dataset.DatasetBuilder`).
+
+  source        input                              options
+  movielens     dir: 100K / 1M / 10M / 20M / 25M   -
+  amazon2014    dir or reviews_<Cat>_5.json.gz     category, all_meta
+  amazon2018    dir or <Cat>_5.json.gz             category, all_meta
+  steam         dir                                -
+  lastfm        hetrec2011-lastfm-2k dir           untagged ('after'|'drop')
+  lastfm_llara  LLaRA's processed dir              eval_rows
+  recbole       dir or <name>.inter                year_in_title
+  csv, jsonl    interactions file                  columns, items, item_columns,
+                                                   delimiter, category_sep, name
+  synthetic     none                               SyntheticConfig fields
+
+Option values may be strings (as from the command line).
 """
 from __future__ import annotations
 

@@ -51,18 +51,18 @@ def read_reviews(path, b: DatasetBuilder, policy: ErrorPolicy) -> None:
   """reviewerID, asin, overall, unixReviewTime from JSON lines."""
   for lineno, rec in _io.iter_records(path, policy, "json"):
     user = _io.field_value(policy, path, lineno, rec, "reviewerID")
-    if user is _io._SKIP:
+    if user is _io.SKIP:
       continue
     item = _io.field_value(policy, path, lineno, rec, "asin")
-    if item is _io._SKIP:
+    if item is _io.SKIP:
       continue
     rating = _io.field_value(policy, path, lineno, rec, "overall",
                              _io.parse_rating, "bad_rating")
-    if rating is _io._SKIP:
+    if rating is _io.SKIP:
       continue
     ts = _io.field_value(policy, path, lineno, rec, "unixReviewTime",
                          _io.parse_timestamp, "bad_timestamp")
-    if ts is _io._SKIP:
+    if ts is _io.SKIP:
       continue
     b.add_interaction(user, item, ts, rating, path=path, line=lineno)
 
@@ -75,22 +75,14 @@ def read_meta(path, b: DatasetBuilder, policy: ErrorPolicy, kind: str,
   Python literal is slow, so lines whose asin is not reviewed are skipped by
   a cheap regex before parsing (they would be dropped as never interacted).
   """
-  for lineno, text in _io.iter_lines(path, policy):
-    if needed is not None:
-      m = _ASIN.search(text)
-      if m and m.group(1) not in needed:
-        continue
-    try:
-      rec = _io.parse_record(text, kind)
-    except ValueError as e:
-      policy.error(path, lineno, None, f"not a {'JSON' if kind == 'json' else 'Python literal'} "
-                   f"record ({str(e)[:60]})", "malformed_line")
-      continue
-    if not isinstance(rec, dict):
-      policy.error(path, lineno, None, "not a record", "malformed_line")
-      continue
+  def keep_line(text: str) -> bool:
+    m = _ASIN.search(text)
+    return m is None or m.group(1) in needed
+
+  for lineno, rec in _io.iter_records(
+      path, policy, kind, keep_line=None if needed is None else keep_line):
     asin = _io.field_value(policy, path, lineno, rec, "asin")
-    if asin is _io._SKIP:
+    if asin is _io.SKIP:
       continue
     fields = convert(rec)
     b.add_item(asin, **fields)

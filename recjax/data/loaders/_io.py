@@ -19,7 +19,7 @@ import numpy as np
 
 from recjax.data.errors import DataError, ErrorPolicy
 
-_SKIP = object()  # sentinel returned by parsers when a record was skipped
+SKIP = object()  # sentinel returned by parsers when a record was skipped
 
 
 def open_binary(path: str | os.PathLike):
@@ -70,7 +70,10 @@ def iter_lines(path: str | os.PathLike, policy: ErrorPolicy, *,
 def parse_record(text: str, kind: str) -> Any:
   """One JSON ('json') or Python-literal ('literal') record; raises ValueError."""
   if kind == "json":
-    return json.loads(text)
+    try:
+      return json.loads(text)
+    except RecursionError as e:
+      raise ValueError(str(e)) from None
   if kind == "literal":
     try:
       return ast.literal_eval(text)
@@ -79,10 +82,16 @@ def parse_record(text: str, kind: str) -> Any:
   raise ValueError(f"unknown record kind {kind!r}")
 
 
-def iter_records(path: str | os.PathLike, policy: ErrorPolicy, kind: str,
+def iter_records(path: str | os.PathLike, policy: ErrorPolicy, kind: str, *,
+                 keep_line: Callable[[str], bool] | None = None,
                  **kw) -> Iterator[tuple[int, dict]]:
-  """Yields (line, dict) from JSON-lines or Python-literal-lines files."""
+  """Yields (line, dict) from JSON-lines or Python-literal-lines files.
+
+  `keep_line(text)` False skips a line before parsing (a cheap prefilter).
+  """
   for lineno, text in iter_lines(path, policy, **kw):
+    if keep_line is not None and not keep_line(text):
+      continue
     try:
       rec = parse_record(text, kind)
     except ValueError as e:
@@ -140,7 +149,7 @@ def parse_rating(value: Any) -> float:
 def field_value(policy: ErrorPolicy, path, line: int, rec: dict, field: str,
                 parse: Callable[[Any], Any] | None = None,
                 reason: str | None = None, required: bool = True) -> Any:
-  """rec[field] parsed; on a missing/bad value reports and returns _SKIP.
+  """rec[field] parsed; on a missing/bad value reports and returns SKIP.
 
   Missing -> `missing_field:<field>`; unparseable -> `reason` (for example
   `bad_timestamp`). With required=False a missing value returns None.
@@ -150,7 +159,7 @@ def field_value(policy: ErrorPolicy, path, line: int, rec: dict, field: str,
     if not required:
       return None
     policy.error(path, line, field, "missing", f"missing_field:{field}")
-    return _SKIP
+    return SKIP
   if parse is None:
     return value
   try:
@@ -158,7 +167,7 @@ def field_value(policy: ErrorPolicy, path, line: int, rec: dict, field: str,
   except (ValueError, TypeError, OverflowError):
     policy.error(path, line, field, f"cannot parse {str(value)[:40]!r}",
                  reason or f"bad_field:{field}")
-    return _SKIP
+    return SKIP
 
 
 def find_one(directory: pathlib.Path, patterns: list[str],
@@ -278,7 +287,7 @@ def add_fast(b, path, sep: str, ncols: int, user: int, item: int,
              time: Optional[int], rating: Optional[int], *, header: bool,
              encoding: str = "utf-8", quote_free: bool = True,
              chunk_bytes: int = 1 << 25) -> bool:
-  """Bulk-adds a clean delimited log to builder `b`; False (and nothing added) if not clean.
+  """Bulk-adds a clean delimited log to `b`; False (nothing added) if not clean.
 
   The fast path for big logs: whole columns are parsed with numpy, in
   chunks. `time`/`rating` are column numbers or None (no time: file order,
@@ -286,6 +295,8 @@ def add_fast(b, path, sep: str, ncols: int, user: int, item: int,
   builder is rolled back and the caller reads the file line by line, which
   names each bad record's line and field under the error policy.
   """
+  if not sep or not sep.isascii() or "\n" in sep:
+    return False
   mark = b.checkpoint()
   for line, columns in fast_chunks(path, sep, ncols, header=header,
                                    encoding=encoding, quote_free=quote_free,

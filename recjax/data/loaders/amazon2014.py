@@ -28,7 +28,8 @@ def _meta_names(category: str) -> list[str]:
 
 def _convert(rec: dict) -> dict:
   cats = []
-  for path in rec.get("categories") or ():
+  paths = rec.get("categories") or ()
+  for path in [paths] if isinstance(paths, str) else paths:
     if isinstance(path, str):
       path = [path]
     for c in path:

@@ -138,8 +138,10 @@ def _load(fmt: str, input_path: str, *, on_error: str, columns=None,
   if items is not None:
     _read_items(pathlib.Path(items), item_mapping, b, policy, delimiter,
                 category_sep)
-  if fmt == "csv" and _read_csv_fast(path, mapping, delimiter, b):
-    return b.build(item_field=mapping.get("item") or "item")
+  if fmt == "csv":
+    fast_item_column = _read_csv_fast(path, mapping, delimiter, b)
+    if fast_item_column:
+      return b.build(item_field=fast_item_column)
   cols = None if fmt == "csv" else _resolve(mapping, LOG_ROLES, None)
   for lineno, rec in _rows(path, policy, fmt, delimiter):
     if "__header__" in rec:
@@ -196,19 +198,25 @@ def _load(fmt: str, input_path: str, *, on_error: str, columns=None,
                  else "item")
 
 
-def _read_csv_fast(path, mapping, delimiter: str, b: DatasetBuilder) -> bool:
-  """A clean CSV log at numpy speed (see `_io.add_fast`); False if not clean."""
+def _read_csv_fast(path, mapping, delimiter: str,
+                   b: DatasetBuilder) -> str | None:
+  """A clean CSV log at numpy speed (see `_io.add_fast`).
+
+  Returns the item column's name, or None (nothing added) if the file is not
+  clean and must be read line by line.
+  """
   header = [h.strip() for h in _io.first_line(path).split(delimiter)]
   cols = _resolve(mapping, LOG_ROLES, header)
   if any(c and c not in header for c in mapping.values()):
-    return False
+    return None
   if cols["user"] is None or cols["item"] is None or (
       cols["time"] is None and "time" not in mapping):
-    return False
+    return None
   index = lambda role: None if cols[role] is None else header.index(cols[role])
-  return _io.add_fast(b, path, delimiter, len(header), index("user"),
-                      index("item"), index("time"), index("rating"),
-                      header=True)
+  if _io.add_fast(b, path, delimiter, len(header), index("user"),
+                  index("item"), index("time"), index("rating"), header=True):
+    return cols["item"]
+  return None
 
 
 def _read_items(path: pathlib.Path, mapping, b: DatasetBuilder, policy,

@@ -86,7 +86,7 @@ def _read(split, path, rows_per_prefix: bool, b: DatasetBuilder,
       continue
     nxt = _io.field_value(policy, path, lineno, rec, "next", _int,
                           "malformed_line")
-    if nxt is _io._SKIP:
+    if nxt is _io.SKIP:
       continue
     if not rows_per_prefix:
       user += 1

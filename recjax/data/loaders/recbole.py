@@ -1,4 +1,4 @@
-"""RecBole atomic files: `<name>.inter` and `<name>.item`, tab-separated, `field:type` headers.
+"""RecBole atomic files: `<name>.inter` and `<name>.item` (TSV, `field:type` headers).
 
   .inter  user_id, item_id, optional rating, optional timestamp (float or
           numeric token). Without a timestamp column, file order is the order
@@ -145,6 +145,10 @@ def _read_inter(inter, b: DatasetBuilder, policy) -> None:
     b.add_interaction(user, item, ts, rating, path=inter, line=lineno)
 
 
+def _getter(cols, parts):
+  return lambda k: None if cols[k] is None else parts[cols[k]].strip()
+
+
 def _read_items(path, b: DatasetBuilder, policy, year_in_title: bool) -> None:
   cols = None
   for lineno, names, types, parts in _table(path, policy):
@@ -155,7 +159,7 @@ def _read_items(path, b: DatasetBuilder, policy, year_in_title: bool) -> None:
               "cat": _pick(names, CATEGORIES), "brand": _pick(names, BRAND),
               "price": _pick(names, PRICE), "desc": _pick(names, DESCRIPTION),
               "year": _pick(names, YEAR) if year_in_title else None}
-    get = lambda k: None if cols[k] is None else parts[cols[k]].strip()  # pylint: disable=cell-var-from-loop
+    get = _getter(cols, parts)
     iid = get("id")
     if not iid:
       policy.error(path, lineno, "item_id", "missing", "missing_field:item_id")

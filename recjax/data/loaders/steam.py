@@ -33,7 +33,7 @@ def load(input_path: str, *, on_error: str = "raise",
   b.meta.update(reviews=str(reviews), games=str(games))
   for lineno, rec in _io.iter_records(games, policy, "literal"):
     gid = _io.field_value(policy, games, lineno, rec, "id")
-    if gid is _io._SKIP:
+    if gid is _io.SKIP:
       continue
     price = rec.get("price")
     if isinstance(price, str) and "free" in price.lower():
@@ -43,14 +43,14 @@ def load(input_path: str, *, on_error: str = "raise",
                rec.get("developer") or rec.get("publisher"), None, price)
   for lineno, rec in _io.iter_records(reviews, policy, "literal"):
     user = _io.field_value(policy, reviews, lineno, rec, "username")
-    if user is _io._SKIP:
+    if user is _io.SKIP:
       continue
     item = _io.field_value(policy, reviews, lineno, rec, "product_id")
-    if item is _io._SKIP:
+    if item is _io.SKIP:
       continue
     ts = _io.field_value(policy, reviews, lineno, rec, "date",
                          _io.parse_timestamp, "bad_timestamp")
-    if ts is _io._SKIP:
+    if ts is _io.SKIP:
       continue
     b.add_interaction(user, item, ts, None, path=reviews, line=lineno)
   return b.build(item_field="product_id")

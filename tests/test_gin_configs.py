@@ -1,0 +1,154 @@
+"""Every shipped gin config parses; with tiny sizes it builds the model and
+trains one step. New model/run configs are picked up automatically."""
+from __future__ import annotations
+
+import functools
+import glob
+import importlib.util  # noqa: F401  (gin-config 0.5.0 needs it before gin)
+import os
+
+import flax
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import seqio
+
+from recjax.train import gin_utils
+from recjax.train import optimizers
+from recjax.train import test_utils
+from recjax.train import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIN_DIR = os.path.join(ROOT, 'gin_configs')
+HAVE_T5 = os.path.exists(os.path.join(ROOT, 'recjax', 'models', 't5.py'))
+MODEL_GINS = sorted(glob.glob(os.path.join(GIN_DIR, 'models', '*.gin')))
+RUN_GINS = sorted(glob.glob(os.path.join(GIN_DIR, 'runs', '*.gin')))
+OTHER_GINS = sorted(set(glob.glob(os.path.join(GIN_DIR, '**', '*.gin'),
+                                  recursive=True)) - set(MODEL_GINS) -
+                    set(RUN_GINS))
+LENGTHS = {'inputs': 24, 'targets': 12}
+TINY = [
+    'T5Config.vocab_size = 384',
+    'T5Config.emb_dim = 16',
+    'T5Config.num_heads = 2',
+    'T5Config.head_dim = 8',
+    'T5Config.mlp_dim = 32',
+    'T5Config.num_encoder_layers = 1',
+    'T5Config.num_decoder_layers = 1',
+    "T5Config.dtype = 'float32'",
+]
+
+
+def _rel(path):
+  return os.path.relpath(path, GIN_DIR)
+
+
+def _base_model_gin():
+  for name in ('flan_t5_tiny.gin', 'flan_t5_small.gin'):
+    path = os.path.join(GIN_DIR, 'models', name)
+    if os.path.exists(path):
+      return [path]
+  return MODEL_GINS[:1]
+
+
+def _binds_train(path):
+  with open(path, encoding='utf-8') as f:
+    text = f.read()
+  return 'recjax.train.trainer' in text
+
+
+@pytest.fixture(autouse=True)
+def _clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def _run_bindings(model_dir, task):
+  return TINY + [
+      f"MODEL_DIR = '{model_dir}'",
+      f"MIXTURE_OR_TASK_NAME = '{task}'",
+      f'TASK_FEATURE_LENGTHS = {LENGTHS!r}',
+      'TRAIN_STEPS = 1', 'BATCH_SIZE = 8', 'EVAL_PERIOD = 0',
+      'train.log_every = 1',
+  ]
+
+
+def test_configs_exist():
+  assert RUN_GINS, 'gin_configs/runs/*.gin missing'
+  names = {os.path.basename(p) for p in RUN_GINS}
+  assert {'finetune.gin', 'pretrain.gin'} <= names
+
+
+@pytest.mark.skipif(not HAVE_T5, reason='recjax/models/t5.py not written yet')
+@pytest.mark.parametrize('model_gin', MODEL_GINS, ids=_rel)
+def test_model_gin_builds_and_steps(model_gin):
+  """Model gin + finetune run gin with tiny sizes: builds and traces a step."""
+  task = test_utils.register_tiny_task()
+  gin_utils.parse_gin_flags(
+      [model_gin, 'runs/finetune.gin'],
+      _run_bindings('/tmp/unused', task))
+  model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+  model = trainer.check_vocab_size(model, task)
+  it = trainer.get_dataset_iterator(
+      task, LENGTHS, model.feature_converter_cls(pack=True), 'train', 2,
+      shuffle=False, seed=0, num_epochs=1, use_cached=False, shard_info=None)
+  batch = next(it)
+  # Trace init + loss + gradient + Adafactor update abstractly (no XLA
+  # compile: the shrunk model gins differ only in options such as remat); the
+  # run-gin tests below execute real steps through train().
+  loss, update_norm = jax.eval_shape(
+      functools.partial(_one_step, model),
+      {k: jnp.asarray(v) for k, v in batch.items()})
+  assert loss.shape == () and update_norm.shape == ()
+  assert model.module.config.emb_dim == 16
+
+
+def _one_step(model, batch):
+  variables = model.get_initial_variables(
+      jax.random.PRNGKey(0), {k: v.shape for k, v in batch.items()})
+  params = flax.linen.unbox(variables['params'])
+  tx = optimizers.adafactor(optimizers.constant(1e-3))
+  (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(
+      params, batch, jax.random.PRNGKey(1))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  return loss, optax.tree.norm(updates)
+
+
+@pytest.mark.skipif(not HAVE_T5, reason='recjax/models/t5.py not written yet')
+@pytest.mark.parametrize('run_gin', RUN_GINS, ids=_rel)
+def test_run_gin_trains_one_step(run_gin, tmp_path):
+  if not _base_model_gin():
+    pytest.skip('no gin_configs/models/*.gin yet')
+  task = test_utils.register_tiny_task()
+  files = _base_model_gin() + [run_gin]
+  if not _binds_train(run_gin):
+    gin_utils.parse_gin_flags(files, TINY, skip_unknown=True)
+    return  # another entry point's config: parsing is the check here
+  gin_utils.parse_gin_flags(files, _run_bindings(str(tmp_path), task))
+  step, summary = trainer.train()
+  assert step == 1 and np.isfinite(summary['loss'])
+  assert os.path.isdir(os.path.join(tmp_path, 'checkpoints', '1'))
+
+
+@pytest.mark.parametrize('path', OTHER_GINS, ids=_rel)
+def test_other_gins_parse(path):
+  gin_utils.parse_gin_flags([path], [], skip_unknown=True)
+
+
+def test_gin_flag_rewriting():
+  files, bindings, paths, rest = gin_utils.split_gin_args([
+      '--gin_file=models/a.gin', '--gin_file', 'runs/b.gin',
+      "--gin.MODEL_DIR='/tmp/x'", '--gin.TRAIN_STEPS=5',
+      '--gin_search_paths=/a,/b', '--alsologtostderr'])
+  assert files == ['models/a.gin', 'runs/b.gin']
+  assert bindings == ["MODEL_DIR = '/tmp/x'", 'TRAIN_STEPS = 5']
+  assert paths == ['/a', '/b'] and rest == ['--alsologtostderr']
+
+
+def test_missing_gin_file_is_clear():
+  with pytest.raises(FileNotFoundError, match='nope.gin'):
+    gin_utils.parse_gin_flags(['runs/nope.gin'])
