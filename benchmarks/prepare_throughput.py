@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import sys
@@ -77,12 +78,17 @@ def main(argv=None) -> dict:
     rows.append((f"  {task}", None, sum(splits.values())))
   total = t2 - t0
   own, kids = _rss_gib()
+  cpu = sum(getattr(resource.getrusage(who), f) for who in
+            (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for f in ("ru_utime", "ru_stime"))
 
   print(f"{'phase':32s} {'seconds':>9s} {'examples':>12s}")
   for name, secs, n in rows:
     s = f"{secs:9.1f}" if secs is not None else " " * 9
     print(f"{name:32s} {s} {n:12,d}")
   print(f"{'total':32s} {total:9.1f}")
+  print(f"{'cpu (user+sys, incl. workers)':32s} {cpu:9.1f}   "
+        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
   print(f"interactions after {args.kcore}-core: {data.num_interactions:,} "
         f"({data.num_users:,} users, {data.num_items:,} items); "
         f"task files {disk / 2**20:,.0f} MiB; vocab {manifest['vocab_size']}; "

@@ -247,11 +247,14 @@ def test_dropout_off_is_deterministic_and_on_is_random():
   assert not np.allclose(np.asarray(c), np.asarray(e))
 
 
-def test_bfloat16_activations_and_remat(params):
+def test_bfloat16_activations_and_remat():
+  cfg = dataclasses.replace(CFG, num_encoder_layers=1, num_decoder_layers=1)
+  params = random_params(cfg, seed=5)
   rng = np.random.RandomState(5)
   enc, dec = _tokens(rng, ENC_SHAPE), _tokens(rng, DEC_SHAPE)
-  f32 = FWD({'params': params}, enc, dec, dec)
-  bf16_cfg = dataclasses.replace(CFG, dtype='bfloat16', remat_policy='full')
+  f32 = _jit_apply(cfg, enable_dropout=False)({'params': params}, enc, dec,
+                                              dec)
+  bf16_cfg = dataclasses.replace(cfg, dtype='bfloat16', remat_policy='full')
   model = t5.Transformer(bf16_cfg)
 
   def loss(p):

@@ -51,8 +51,16 @@ def main(argv: Sequence[str]) -> None:
   run_train(files, bindings, paths)
 
 
+def _absl_main(gin_files, gin_bindings, gin_search_paths):
+  def _main(argv):
+    if argv[1:]:
+      raise app.UsageError(f'Unknown arguments: {argv[1:]}')
+    run_train(gin_files, gin_bindings, gin_search_paths)  # exit status 0
+  return _main
+
+
 if __name__ == '__main__':
-  # gin flags (incl. T5X's --gin.KEY=VALUE) are parsed here; absl gets the rest.
+  # gin flags (incl. T5X's --gin.KEY=VALUE) are parsed here; absl gets the
+  # rest (--verbosity, --alsologtostderr, ...).
   _files, _bindings, _paths, _rest = gin_utils.split_gin_args(sys.argv[1:])
-  app.run(lambda argv: run_train(_files, _bindings, _paths),
-          argv=[sys.argv[0]] + _rest)
+  app.run(_absl_main(_files, _bindings, _paths), argv=[sys.argv[0]] + _rest)

@@ -256,6 +256,11 @@ def get_dataset_iterator(
     yield batch
 
 
+def tf_errors():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return tf.errors.NotFoundError
+
+
 def _task_output_vocab(mixture_or_task_name: str):
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   return provider.output_features['targets'].vocabulary
@@ -275,11 +280,20 @@ def check_vocab_size(model: model_api.BaseModel, mixture_or_task_name: str,
   task's output vocabulary size rounded up to a multiple of 128 (as T5X's
   vocabularies are padded for TPU-friendly shapes).
   """
-  out_vocab = _task_output_vocab(mixture_or_task_name)
-  need = out_vocab.vocab_size
-  in_vocab = _task_input_vocab(mixture_or_task_name)
-  if in_vocab is not None:
-    need = max(need, in_vocab.vocab_size)
+  try:
+    out_vocab = _task_output_vocab(mixture_or_task_name)
+    need = out_vocab.vocab_size
+    in_vocab = _task_input_vocab(mixture_or_task_name)
+    if in_vocab is not None:
+      need = max(need, in_vocab.vocab_size)
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, KeyError) or 'not found' in str(e).lower() or isinstance(
+        e, (OSError, tf_errors())):
+      raise ValueError(
+          f'Cannot load the vocabulary of {mixture_or_task_name!r}: {e}. Is '
+          'the task registered (import its module, e.g. via a gin `import` '
+          'line) and its data prepared?') from e
+    raise
   if model.output_vocabulary is None:
     model.output_vocabulary = out_vocab
   if model.input_vocabulary is None:
