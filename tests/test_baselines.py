@@ -127,6 +127,13 @@ def test_sasrec_learns_cycles_and_is_deterministic(tmp_path):
   es = common.eval_set(data, "test")
   ranks = M.ranks_from_scores(vec @ res.item_embeddings.T, es.targets)
   assert M.metrics_from_ranks(ranks)["recall@1"] == res.metrics["test"]["recall@1"]
+  cli.write_result(res, data, tmp_path / "sasrec")
+  loaded = cli.load_embeddings(tmp_path / "sasrec", data)
+  assert loaded["item_embeddings"].shape == (20, 32)
+  assert loaded["user_embeddings_validation"].shape == (len(es), 32)
+  np.testing.assert_array_equal(loaded["user_embeddings_test"], vec)
+  np.testing.assert_array_equal(loaded["user_index_test"], es.users)
+  assert loaded["meta"]["model"] == "sasrec"
   again = cli.train_baseline("sasrec", data, seed=0, epochs=2, log=None,
                              **SASREC_TINY)
   # Same seed: the first two epochs repeat exactly (losses and valid NDCG@10).

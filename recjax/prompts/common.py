@@ -251,6 +251,13 @@ def sample_negatives(rng: np.random.Generator, num_items: int,
   `choice(replace=False)` but cheaper); large k falls back to
   `Generator.choice`.
   """
+  if k == 1 and 2 * len(exclude) < num_items:  # BPR: rejection, no arrays
+    known = set(exclude.tolist() if isinstance(exclude, np.ndarray)
+                else exclude)
+    while True:
+      x = int(rng.integers(num_items))
+      if x not in known:
+        return [x]
   excluded = np.sort(np.asarray(exclude, np.int64))
   if len(excluded) > 1 and not (excluded[1:] != excluded[:-1]).all():
     excluded = np.unique(excluded)

@@ -56,18 +56,20 @@ _EXAMPLES_PER_SHARD = 250_000
 # {key=1, value=2}; Feature{bytes_list=1 | float_list=2 | int64_list=3}; each
 # list has its values in field 1 (packed for numbers). All fields here are
 # length-delimited (wire type 2), so every tag byte is (field << 3) | 2.
-_SMALL = [bytes((n,)) for n in range(128)]
-
-
-def _varint(n: int) -> bytes:
-  if n < 0x80:
-    return _SMALL[n]
+def _encode_varint(n: int) -> bytes:
   out = bytearray()
   while n > 0x7f:
     out.append((n & 0x7f) | 0x80)
     n >>= 7
   out.append(n)
   return bytes(out)
+
+
+_VARINTS = [_encode_varint(n) for n in range(1 << 16)]  # ~3 MB; lengths < 64 KiB
+
+
+def _varint(n: int) -> bytes:
+  return _VARINTS[n] if n < 65536 else _encode_varint(n)
 
 
 def _ld(payload: bytes) -> bytes:
@@ -115,39 +117,47 @@ def _float_entry(key: str, value: float) -> bytes:
 _NAN_RATING = _float_entry("rating", math.nan)
 
 
-def serialize_example(ex: dict[str, Any]) -> bytes:
-  """tf.train.Example bytes for one prompt example (see module docstring).
+def _string_entry(prefix: bytes, v: bytes) -> bytes:
+  """entry{key, value=Feature{bytes_list=BytesList{value=[v]}}}, tag included.
 
-  Lengths are computed instead of nesting messages, so each string is copied
-  once (into the final join).
+  Lengths are computed instead of nesting messages, so `v` is copied once.
   """
-  parts = []
-  add = parts.append
-  for k in STRING_FEATURES:
-    v = ex.get(k, "")
-    v = v.encode() if isinstance(v, str) else bytes(v)
-    # entry{key, value=Feature{bytes_list=BytesList{value=[v]}}}
-    l1 = _varint(len(v))
-    bl = 1 + len(l1) + len(v)
-    l2 = _varint(bl)
-    fl = 1 + len(l2) + bl
-    l3 = _varint(fl)
-    prefix = _KEY_PREFIX[k]
-    add(b"\n")
-    add(_varint(len(prefix) + len(l3) + fl))
-    add(prefix)
-    add(l3)
-    add(b"\n")
-    add(l2)
-    add(b"\n")
-    add(l1)
-    add(v)
-  cands = b"".join(map(_BYTES_VALUES.__getitem__, ex.get("candidates", ())))
-  add(_entry("candidates", b"\n" + _ld(cands)))
-  add(_int_entry("template_id", int(ex.get("template_id", 0))))
+  l1 = _varint(len(v))
+  bl = 1 + len(l1) + len(v)
+  l2 = _varint(bl)
+  fl = 1 + len(l2) + bl
+  l3 = _varint(fl)
+  return b"".join((b"\n", _varint(len(prefix) + len(l3) + fl), prefix, l3,
+                   b"\n", l2, b"\n", l1, v))
+
+
+class _TaskEntries(dict):
+  """Task name -> its encoded `task` entry (the same for a whole file)."""
+
+  def __missing__(self, task: str) -> bytes:
+    value = _string_entry(_KEY_PREFIX["task"], task.encode())
+    self[task] = value
+    return value
+
+
+_TASK_ENTRIES = _TaskEntries()
+_P_INPUTS, _P_TARGETS, _P_TARGET_ITEM = (
+    _KEY_PREFIX["inputs"], _KEY_PREFIX["targets"], _KEY_PREFIX["target_item"])
+
+
+def serialize_example(ex: dict[str, Any]) -> bytes:
+  """tf.train.Example bytes for one prompt example (see module docstring)."""
   rating = float(ex.get("rating", math.nan))
-  add(_NAN_RATING if math.isnan(rating) else _float_entry("rating", rating))
-  body = b"".join(parts)
+  cands = b"".join(map(_BYTES_VALUES.__getitem__, ex.get("candidates", ())))
+  body = b"".join((
+      _string_entry(_P_INPUTS, ex["inputs"].encode()),
+      _string_entry(_P_TARGETS, ex["targets"].encode()),
+      _TASK_ENTRIES[ex.get("task", "")],
+      _string_entry(_P_TARGET_ITEM, ex.get("target_item", "").encode()),
+      _entry("candidates", b"\n" + _ld(cands)),
+      _int_entry("template_id", int(ex.get("template_id", 0))),
+      _NAN_RATING if math.isnan(rating) else _float_entry("rating", rating),
+  ))
   return b"\n" + _varint(len(body)) + body
 
 
