@@ -12,9 +12,11 @@ import sys
 import time
 from typing import Callable, Sequence
 
-import recjax  # noqa: F401  (quiets TensorFlow before anything imports it)
 from absl import app
 from absl import flags
+from absl import logging
+
+from recjax import tf_quiet
 
 FLAGS = flags.FLAGS
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "recjax")
@@ -74,8 +76,15 @@ def _parse_options(pairs: Sequence[str]) -> dict:
   return options
 
 
+def _quiet_logs():
+  """Library INFO logs (SeqIO's caching notes, ...) only with --verbosity."""
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def _prepare(argv):
   del argv
+  _quiet_logs()
   from recjax.data import prepare as prepare_lib
   from recjax.data.prepared import atomic_directory
   from recjax.prompts import PromptConfig
@@ -98,7 +107,7 @@ def _prepare(argv):
                           num_negatives=FLAGS.num_negatives)
     manifest = export.write_task_files(
         data, tmp, config=config, seed=FLAGS.seed, tasks=FLAGS.tasks,
-        vocab_path=FLAGS.vocab, vocab_size=FLAGS.vocab_size)
+        vocab_model=FLAGS.vocab, vocab_size=FLAGS.vocab_size)
   print(f"[recjax] {data.num_users} users, {data.num_items} items, "
         f"{data.num_interactions} interactions; "
         f"{sum(sum(s.values()) for s in manifest['counts'].values())} examples "
@@ -119,6 +128,7 @@ def _define_show_flags():
 
 def _show(argv):
   del argv
+  _quiet_logs()
   import seqio
   import seqio_tasks
   from seqio_tasks import registry
@@ -188,6 +198,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     sys.exit(2)
   define, main, _ = COMMANDS[command]
   define()
+  tf_quiet.import_tensorflow()
   app.run(main, argv=[f"{argv[0]} {command}"] + _rewrite_gin_flags(argv[2:]))
 
 

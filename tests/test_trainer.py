@@ -20,6 +20,22 @@ from recjax.train import trainer
 LENGTHS = {'inputs': 24, 'targets': 12}
 
 
+@pytest.fixture(scope='module', autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """Identical train steps of successive train() calls compile once (a
+  restart re-jits the same program); restored afterwards."""
+  names = ('jax_compilation_cache_dir',
+           'jax_persistent_cache_min_compile_time_secs',
+           'jax_persistent_cache_min_entry_size_bytes')
+  old = {n: getattr(jax.config, n) for n in names}
+  jax.config.update(names[0], str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update(names[1], 0)
+  jax.config.update(names[2], 0)
+  yield
+  for n, v in old.items():
+    jax.config.update(n, v)
+
+
 def _train(model_dir, train_steps, **kwargs):
   args = dict(
       model=test_utils.tiny_model(), model_dir=str(model_dir),

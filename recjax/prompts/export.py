@@ -30,6 +30,7 @@ import math
 import multiprocessing
 import os
 import pathlib
+import shutil
 import struct
 import sys
 import time
@@ -276,6 +277,7 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
                      splits: Sequence[str] = SPLITS,
                      num_shards: int | None = None,
                      vocab_size: int | None = None, train_vocab: bool = True,
+                     vocab_model: str | os.PathLike | None = None,
                      num_workers: int | None = None) -> dict[str, Any]:
   """Writes every (task, split) of `data` under `directory`; returns the manifest.
 
@@ -291,6 +293,8 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
     vocab_size: SentencePiece vocabulary size (default 4000).
     train_vocab: train `vocab/spiece.model` from the catalogue and a sample of
       prompts (runs in parallel with the task files).
+    vocab_model: a user-given SentencePiece model (e.g. FLAN-T5's
+      `spiece.model`) copied to `vocab/spiece.model` instead of training one.
     num_workers: processes (default: up to 2 for logs of 50k+ interactions).
   """
   directory = pathlib.Path(directory)
@@ -314,6 +318,13 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
     num_workers = min(2, os.cpu_count() or 1) if (
         data.num_interactions >= 50_000) else 1
   vocab_size = int(vocab_size or DEFAULT_VOCAB_SIZE)
+  if vocab_model is not None:
+    vocab_model = pathlib.Path(vocab_model).expanduser()
+    if not vocab_model.is_file():
+      raise FileNotFoundError(f"--vocab {vocab_model}: no such file")
+    train_vocab = False
+    (directory / VOCAB_PATH).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(vocab_model, directory / VOCAB_PATH)
 
   pairs = [(t, s) for t in tasks for s in splits if s in TASK_SPLITS[t]]
   for t, s in pairs:
@@ -381,7 +392,8 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
                    "bytes_list": list(LIST_FEATURES)},
       "config": config.to_json(),
       "seed": seed,
-      "vocabulary": VOCAB_PATH if train_vocab else None,
+      "vocabulary": VOCAB_PATH if train_vocab or vocab_model else None,
+      "vocabulary_source": str(vocab_model) if vocab_model else "trained",
       "vocab_size": actual_vocab_size,
       "has_ratings": data.has_ratings,
       "skipped_tasks": skipped,
