@@ -9,6 +9,27 @@ user's history items from the ranking; RecBole's sequential models (SASRec)
 do not (its FullSortEvalDataLoader returns history_index=None for them), so
 recjax's SASRec is compared unmasked. Both variants are printed.
 
+Findings (2-core shared CPU, Nov 2026; details in recjax/baselines/README.md):
+* Pop beats RecBole's Pop (+7% NDCG@10). RecBole 1.2.1's Pop counts with
+  `item_cnt[item] = item_cnt[item] + 1` per batch, a non-accumulating index
+  assignment over pointwise batches that also hold the sampled negatives, so
+  its "popularity" is the number of batches an item appears in. Simulating
+  that over 5 shuffles gives valid N@10 0.0296 +- 0.002, test R@10 0.067 +-
+  0.008, N@10 0.034 +- 0.004, matching the peer's 0.0305 / 0.0721 / 0.0403.
+  recjax counts true training frequencies.
+* BPR: same model, loss, xavier init, sampler and optimiser as RecBole. With
+  RecBole's patience 5, validation NDCG@10 plateaus around epochs 15-40 and
+  early stopping fires there (seeds 0-4: test N@10 0.0522 0.0593 0.0583
+  0.0503 0.0516). With `--bpr_patience 20` the same code reaches 0.0716
+  (seed 0, best epoch 146) and 0.0660 (seed 1), i.e. the peer's 0.0673; the
+  peer's single run happened to keep improving until epoch 50.
+* SASRec is compared unmasked (RecBole's semantics) and trained with
+  `training='window'` by default (same targets, >= 46 of the 50 history
+  items, ~6x cheaper than RecBole's prefix augmentation, which costs ~6 min
+  per epoch here); `--sasrec_training prefix` is the exact augmentation.
+* `--time_order recbole` reproduces RecBole's float32 timestamp order (a
+  different test target for 149 of 943 users).
+
 Usage: python benchmarks/ml100k_baselines.py [--data ../shared/data/ml-100k]
   [--models pop,bpr,sasrec] [--seed 0] [--sasrec_epochs 30] [--bpr_epochs 200]
 The last line is one JSON object with each model's recall10/ndcg10 and the peer's.

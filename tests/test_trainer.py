@@ -27,13 +27,16 @@ def _compilation_cache(tmp_path_factory):
   names = ('jax_compilation_cache_dir',
            'jax_persistent_cache_min_compile_time_secs',
            'jax_persistent_cache_min_entry_size_bytes')
+  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
   old = {n: getattr(jax.config, n) for n in names}
+  compilation_cache.reset_cache()
   jax.config.update(names[0], str(tmp_path_factory.mktemp('jax_cache')))
   jax.config.update(names[1], 0)
   jax.config.update(names[2], 0)
   yield
   for n, v in old.items():
     jax.config.update(n, v)
+  compilation_cache.reset_cache()
 
 
 def _train(model_dir, train_steps, **kwargs):
