@@ -152,6 +152,7 @@ def _define_gin_flags():
 
 def _train(argv):
   del argv
+  _quiet_logs()
   from recjax.train import train_main
   train_main.run_train(FLAGS.gin_file, FLAGS.gin_bindings,
                        FLAGS.gin_search_paths)
