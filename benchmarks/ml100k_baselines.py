@@ -126,6 +126,7 @@ def main(argv=None) -> int:
   p.add_argument("--sasrec_epochs", type=int, default=30)
   p.add_argument("--bpr_patience", type=int, default=5,
                  help="RecBole's stopping_step is 5; see README for why it matters")
+  p.add_argument("--sasrec_patience", type=int, default=5)
   p.add_argument("--sasrec_training", default="window",
                  choices=("prefix", "window", "sequence"),
                  help="prefix = RecBole's augmentation exactly (about 6 min per "
@@ -152,7 +153,8 @@ def main(argv=None) -> int:
   results = {}
   epochs = {"pop": None, "bpr": args.bpr_epochs, "sasrec": args.sasrec_epochs}
   extra = {"pop": {}, "bpr": {"patience": args.bpr_patience},
-           "sasrec": {"training": args.sasrec_training}}
+           "sasrec": {"training": args.sasrec_training,
+                      "patience": args.sasrec_patience}}
   for model in args.models.split(","):
     res = train_baseline(model, data, seed=args.seed, epochs=epochs[model],
                          mask_history=MASK_HISTORY[model],

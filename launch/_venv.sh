@@ -12,7 +12,12 @@ ensure_venv() {
   stamp="$VENV/.recjax-installed-${extra:-base}"
   if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
     echo "[recjax] installing $spec into $VENV (first run takes about a minute)" >&2
-    "$VENV/bin/python" -m pip install -q -c launch/constraints.txt -e "$spec" >&2
+    if ! "$VENV/bin/python" -m pip install -q -c launch/constraints.txt -e "$spec" \
+        > "$VENV/install.log" 2>&1; then
+      cat "$VENV/install.log" >&2
+      echo "[recjax] pip install failed (log: $VENV/install.log)" >&2
+      return 1
+    fi
     touch "$stamp"
   fi
 }

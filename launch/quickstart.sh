@@ -19,12 +19,7 @@ echo "== 1/2 prepare the synthetic world -> $DATA_DIR/synthetic"
 "$PY" -m recjax.main prepare --source=synthetic --output="$DATA_DIR/synthetic" \
   --overwrite "$@"
 echo
-echo "== 2/2 registered tasks and mixtures"
-"$PY" -m recjax.main show --task=synthetic_rec_aux --split=train -n 0
-for task in retrieval ranking rating mim mlm bpr ie; do
-  echo
-  echo "-- synthetic_${task} (validation split where it has one)"
-  split=validation
-  case "$task" in mim|mlm|bpr|ie) split=train ;; esac
-  "$PY" -m recjax.main show --task="synthetic_${task}" --split="$split" -n 2
-done
+echo "== 2/2 registered mixtures, and two decoded validation examples of every task"
+"$PY" -m recjax.main show --task=synthetic_rec,synthetic_rec_aux -n 0
+"$PY" -m recjax.main show --split=validation -n 2 \
+  --task=synthetic_retrieval,synthetic_ranking,synthetic_rating,synthetic_mim,synthetic_mlm,synthetic_bpr,synthetic_ie

@@ -118,8 +118,8 @@ def _prepare(argv):
 
 # ---------------------------------------------------------------- show
 def _define_show_flags():
-  flags.DEFINE_string("task", None, "Registered task or mixture name.",
-                      required=True)
+  flags.DEFINE_list("task", None, "Registered task or mixture names "
+                    "(comma-separated).", required=True)
   flags.DEFINE_string("split", "train", "Split to read.")
   flags.DEFINE_integer("num_examples", 5, "How many examples.", short_name="n")
   flags.DEFINE_multi_string("prepared_dir", [], "Also register the tasks of "
@@ -136,9 +136,12 @@ def _show(argv):
   del seqio_tasks
   for d in FLAGS.prepared_dir:
     registry.register_prepared(d)
-  if FLAGS.task in seqio.MixtureRegistry.names():
-    show.mixture_summary(FLAGS.task)
-  show.show_examples(FLAGS.task, FLAGS.split, FLAGS.num_examples)
+  for name in FLAGS.task:
+    if name in seqio.MixtureRegistry.names():
+      show.mixture_summary(name)
+    if FLAGS.num_examples > 0:
+      show.show_examples(name, FLAGS.split, FLAGS.num_examples)
+    print()
 
 
 # ---------------------------------------------------------------- train

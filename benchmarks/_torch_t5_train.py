@@ -1,0 +1,135 @@
+"""PyTorch reference half of `benchmarks/train_throughput.py` (a subprocess).
+
+Runs under a *separate* interpreter with torch + transformers (never a recjax
+dependency); it imports nothing from recjax. It builds Hugging Face's
+`T5ForConditionalGeneration` with the architecture given as JSON, an
+`Adafactor(scale_parameter=True, relative_step=False, lr=1e-3)` optimizer and
+one fixed batch of full-length random token ids (no padding), warms up, then
+serves timing requests so the parent can interleave its recjax repeats with
+ours (both see the same background load):
+
+  stdin  "run N"  -> stdout {"seconds": ..., "steps": N, "loss": ...}
+  stdin  "quit"   -> exit 0
+
+The first stdout line is {"ready": true, "params": ..., "matmul_gflops": ...,
+"threads": ..., "versions": ...}. Every stdout line is one JSON object; all
+other output goes to stderr.
+
+Reference venv (CPU wheel; never let pip pick an unpinned torch):
+  python3 -m venv /tmp/refvenv
+  /tmp/refvenv/bin/pip install torch==2.13.0 'transformers<5' safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+
+def _emit(obj: dict) -> None:
+  sys.stdout.write(json.dumps(obj) + "\n")
+  sys.stdout.flush()
+
+
+def _matmul_gflops(torch, n: int, reps: int) -> float:
+  """Median float32 GFLOP/s of an n x n x n torch.matmul (peak reference)."""
+  a = torch.randn(n, n, dtype=torch.float32)
+  b = torch.randn(n, n, dtype=torch.float32)
+  torch.matmul(a, b)
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    torch.matmul(a, b)
+    times.append(time.perf_counter() - t0)
+  return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--arch", required=True,
+                 help="JSON: d_model, d_ff, d_kv, num_heads, num_layers, "
+                 "num_decoder_layers, vocab_size, dropout_rate")
+  p.add_argument("--batch_size", type=int, required=True)
+  p.add_argument("--inputs_length", type=int, required=True)
+  p.add_argument("--targets_length", type=int, required=True)
+  p.add_argument("--warmup_steps", type=int, default=2)
+  p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--matmul_size", type=int, default=2048)
+  p.add_argument("--matmul_reps", type=int, default=10)
+  p.add_argument("--seed", type=int, default=0)
+  args = p.parse_args(argv)
+
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(args.threads)
+  torch.manual_seed(args.seed)
+  arch = json.loads(args.arch)
+  config = transformers.T5Config(
+      d_model=arch["d_model"], d_ff=arch["d_ff"], d_kv=arch["d_kv"],
+      num_heads=arch["num_heads"], num_layers=arch["num_layers"],
+      num_decoder_layers=arch["num_decoder_layers"],
+      vocab_size=arch["vocab_size"], dropout_rate=arch["dropout_rate"],
+      feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      relative_attention_num_buckets=32, relative_attention_max_distance=128,
+      decoder_start_token_id=0, pad_token_id=0)
+  model = transformers.T5ForConditionalGeneration(config).to(torch.float32)
+  model.train()
+  optimizer = Adafactor(model.parameters(), scale_parameter=True,
+                        relative_step=False, warmup_init=False, lr=1e-3)
+
+  gen = torch.Generator().manual_seed(args.seed)
+  b, li, lt, v = (args.batch_size, args.inputs_length, args.targets_length,
+                  arch["vocab_size"])
+  input_ids = torch.randint(1, v, (b, li), generator=gen)
+  labels = torch.randint(1, v, (b, lt), generator=gen)
+  attention_mask = torch.ones_like(input_ids)
+
+  def step() -> float:
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                labels=labels)
+    out.loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(out.loss.detach())
+
+  t0 = time.perf_counter()
+  for _ in range(args.warmup_steps):
+    step()
+  warmup_s = time.perf_counter() - t0
+  peak = _matmul_gflops(torch, args.matmul_size, args.matmul_reps)
+  _emit({"ready": True,
+         "params": sum(p.numel() for p in model.parameters()),
+         "matmul_gflops": peak, "threads": torch.get_num_threads(),
+         "warmup_s": warmup_s,
+         "versions": {"torch": torch.__version__,
+                      "transformers": transformers.__version__}})
+
+  for line in sys.stdin:
+    cmd = line.split()
+    if not cmd:
+      continue
+    if cmd[0] == "quit":
+      return 0
+    if cmd[0] == "matmul":
+      _emit({"matmul_gflops": _matmul_gflops(torch, args.matmul_size,
+                                             args.matmul_reps)})
+      continue
+    if cmd[0] != "run" or len(cmd) != 2:
+      print(f"_torch_t5_train: bad command {line!r}", file=sys.stderr)
+      return 2
+    n = int(cmd[1])
+    t0 = time.perf_counter()
+    loss = 0.0
+    for _ in range(n):
+      loss = step()  # float() syncs: the step is complete when timed.
+    _emit({"seconds": time.perf_counter() - t0, "steps": n, "loss": loss})
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
