@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 
 from recjax import tf_quiet
+from recjax.train import gin_utils
 
 FLAGS = flags.FLAGS
 DEFAULT_DATA_DIR = os.path.join("~", ".cache", "recjax")
@@ -179,18 +180,6 @@ def _usage() -> str:
   return "\n".join(lines)
 
 
-def _rewrite_gin_flags(args: Sequence[str]) -> list[str]:
-  """`--gin.KEY=VALUE` (T5X's spelling) -> `--gin_bindings=KEY = VALUE`."""
-  out = []
-  for arg in args:
-    if arg.startswith("--gin.") and "=" in arg:
-      key, value = arg[len("--gin."):].split("=", 1)
-      out.append(f"--gin_bindings={key} = {value}")
-    else:
-      out.append(arg)
-  return out
-
-
 def run(argv: Sequence[str] | None = None) -> None:
   argv = list(sys.argv if argv is None else argv)
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -203,7 +192,7 @@ def run(argv: Sequence[str] | None = None) -> None:
   define, main, _ = COMMANDS[command]
   define()
   tf_quiet.import_tensorflow()
-  app.run(main, argv=[f"{argv[0]} {command}"] + _rewrite_gin_flags(argv[2:]))
+  app.run(main, argv=[f"{argv[0]} {command}"] + gin_utils.rewrite_gin_args(argv[2:]))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,25 @@ def _import_gin_modules(gin_files: Iterable[str], search_paths: Sequence[str]):
     visit(_find(f, search_paths) or f)
 
 
+def defines_macro(gin_files: Sequence[str], macro: str,
+                  search_paths: Sequence[str] = ()) -> bool:
+  """Whether any of the files (or the files they include) binds `macro`."""
+  paths = [os.path.abspath(p) for p in search_paths] + list(DEFAULT_SEARCH_PATHS)
+  pattern = re.compile(rf'^\s*{re.escape(macro)}\s*=', re.M)
+  seen = set()
+  def visit(path) -> bool:
+    if path is None or path in seen or not os.path.isfile(path):
+      return False
+    seen.add(path)
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+    if pattern.search(text):
+      return True
+    return any(visit(_find(m, paths)) for m in re.findall(
+        r'^\s*include\s+[\'"](.+)[\'"]', text, re.M))
+  return any(visit(_find(f, paths)) for f in gin_files)
+
+
 def _find(name: str, search_paths: Sequence[str]) -> Optional[str]:
   if os.path.isabs(name):
     return name if os.path.isfile(name) else None

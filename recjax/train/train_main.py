@@ -28,6 +28,11 @@ def _import_default_task_modules() -> None:
   importlib.import_module('seqio_tasks')
 
 
+# The model a run gin trains when no model gin is given (CPU-sized; the
+# embedded default). T5X users give one explicitly: models/flan_t5_xl.gin, ...
+DEFAULT_MODEL_GIN = 'models/flan_t5_tiny.gin'
+
+
 def run_train(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
               gin_search_paths: Optional[Sequence[str]] = None,
               import_task_modules: bool = True):
@@ -38,6 +43,12 @@ def run_train(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                      '--gin_file=runs/finetune.gin')
   if import_task_modules:
     _import_default_task_modules()
+  if not gin_utils.defines_macro(gin_files, 'MODEL_CONFIG',
+                                 gin_search_paths or ()):
+    print(f'[recjax] no model gin given (none binds MODEL_CONFIG); using '
+          f'{DEFAULT_MODEL_GIN}. Give e.g. --gin_file=models/flan_t5_base.gin '
+          'first to choose another.', file=sys.stderr)
+    gin_files = [DEFAULT_MODEL_GIN] + list(gin_files)
   gin_utils.parse_gin_flags(gin_files, gin_bindings, gin_search_paths or ())
   logging.info('Operative-to-be gin config:\n%s', gin.config_str())
   return trainer.train()
