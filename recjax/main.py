@@ -192,7 +192,27 @@ def run(argv: Sequence[str] | None = None) -> None:
   define, main, _ = COMMANDS[command]
   define()
   tf_quiet.import_tensorflow()
-  app.run(main, argv=[f"{argv[0]} {command}"] + gin_utils.rewrite_gin_args(argv[2:]))
+  app.run(_user_errors(command, main),
+          argv=[f"{argv[0]} {command}"] + gin_utils.rewrite_gin_args(argv[2:]))
+
+
+def _user_errors(command: str, main: Callable[[Sequence[str]], None]):
+  """Bad input and missing files end with one clear line, not a traceback."""
+  from recjax.data.errors import DataError
+
+  def wrapped(argv):
+    try:
+      main(argv)
+    except DataError as e:
+      hint = ("" if command != "prepare" or FLAGS.on_error == "skip" else
+              "\n(--on_error=skip skips bad records and counts them in "
+              "stats.json)")
+      print(f"recjax {command}: bad input: {e}{hint}", file=sys.stderr)
+      sys.exit(1)
+    except (FileNotFoundError, FileExistsError) as e:
+      print(f"recjax {command}: {e}", file=sys.stderr)
+      sys.exit(1)
+  return wrapped
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from test_data_loaders import jsonl, literals, ml100k, write  # pylint: disable=
 
 def test_data_error_message_and_fields():
   e = DataError("/data/reviews.json.gz", 17, "asin", "missing")
-  assert str(e) == "reviews.json.gz:17: field 'asin': missing"
+  assert str(e) == "/data/reviews.json.gz:17: field 'asin': missing"  # full path: the user can open it
   assert (e.path, e.line, e.field) == ("/data/reviews.json.gz", 17, "asin")
   assert str(DataError("u.data", None, None, "empty file")) == "u.data: empty file"
   assert str(pickle.loads(pickle.dumps(e))) == str(e)

@@ -28,7 +28,7 @@ ON_ERROR = ("raise", "skip")
 
 
 class DataError(ValueError):
-  """A bad record; `str()` reads like `reviews.json.gz:17: field 'asin': missing`."""
+  """A bad record; `str()` reads like `/data/reviews.json.gz:17: field 'asin': missing`."""
 
   def __init__(self, path: str | os.PathLike | None, line: Optional[int],
                field: Optional[str], message: str):
@@ -39,7 +39,7 @@ class DataError(ValueError):
     super().__init__(self._format())
 
   def _format(self) -> str:
-    where = os.path.basename(self.path) if self.path else "<input>"
+    where = self.path if self.path else "<input>"
     if self.line is not None:
       where += f":{self.line}"
     if self.field is not None:
