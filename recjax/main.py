@@ -152,11 +152,17 @@ def _define_gin_flags():
   flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings KEY = VALUE.")
   flags.DEFINE_multi_string("gin_search_paths", ["gin_configs", "."],
                             "Where --gin_file names are looked up.")
+  flags.DEFINE_bool("multi_host", False, "Call jax.distributed.initialize() "
+                    "first (TPU pods and multi-node GPU; every host runs the "
+                    "same command and reads its own SeqIO shard).")
 
 
 def _train(argv):
   del argv
   _quiet_logs()
+  if FLAGS.multi_host:
+    import jax
+    jax.distributed.initialize()
   from recjax.train import train_main
   train_main.run_train(FLAGS.gin_file, FLAGS.gin_bindings,
                        FLAGS.gin_search_paths)
