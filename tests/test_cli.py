@@ -1,0 +1,77 @@
+"""The `recjax` command end to end, as a user runs it (subprocesses)."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+PROJECT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _recjax(*args, env_extra=None):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  env.update(env_extra or {})
+  return subprocess.run([sys.executable, "-m", "recjax.main", *args],
+                        cwd=PROJECT, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def _write_csv(path, rows):
+  path.write_text("uid,iid,ts\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+
+
+def test_prepare_bad_input_fails_cleanly_and_writes_nothing(tmp_path):
+  rows = [(u, i, u * 10 + i) for u in range(3) for i in range(4)]
+  log = tmp_path / "log.csv"
+  _write_csv(log, rows)
+  with open(log, "a") as f:
+    f.write("7,3,yesterday\n")  # line 14: a bad timestamp
+  out = tmp_path / "prepared"
+  res = _recjax("prepare", "--source=csv", f"--input={log}", f"--output={out}",
+                "--option=columns=user=uid,item=iid,time=ts", "--kcore=0")
+  assert res.returncode == 1, res.stderr
+  last = res.stderr.strip().splitlines()
+  assert any(f"{log}:14: field 'ts'" in line for line in last), res.stderr
+  assert "Traceback" not in res.stderr
+  assert not out.exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["log.csv"]  # no temp dir left
+
+  res = _recjax("prepare", "--source=csv", f"--input={log}", f"--output={out}",
+                "--option=columns=user=uid,item=iid,time=ts", "--kcore=0",
+                "--on_error=skip", "--vocab_size=300")
+  assert res.returncode == 0, res.stderr
+  stats = json.loads((out / "stats.json").read_text())
+  assert stats["skipped"] == {"bad_timestamp": 1}
+  assert stats["final"] == {"users": 3, "items": 4, "interactions": 12}
+  manifest = json.loads((out / "tasks" / "manifest.json").read_text())
+  assert manifest["counts"]["retrieval"]["test"] == 3
+  assert (out / "vocab" / "spiece.model").is_file()
+  # The output is not clobbered without --overwrite.
+  res = _recjax("prepare", "--source=csv", f"--input={log}", f"--output={out}",
+                "--option=columns=user=uid,item=iid,time=ts", "--kcore=0",
+                "--on_error=skip")
+  assert res.returncode == 1 and "exists" in res.stderr
+
+
+def test_show_decodes_registered_tasks(tmp_path):
+  out = tmp_path / "data" / "synthetic"
+  env = {"RECJAX_DATA_DIR": str(tmp_path / "data")}
+  res = _recjax("prepare", "--source=synthetic", f"--output={out}",
+                "--option=num_users=60", "--option=num_items=40",
+                "--vocab_size=500", env_extra=env)
+  assert res.returncode == 0, res.stderr
+  res = _recjax("show", "--task=synthetic_rec_aux,synthetic_ie",
+                "--split=validation", "-n", "1", env_extra=env)
+  assert res.returncode == 0, res.stderr
+  assert "mixture synthetic_rec_aux: 7 tasks" in res.stdout
+  assert "--- synthetic_ie [validation] #0" in res.stdout
+  assert "Traceback" not in res.stderr
+
+
+def test_unknown_command_lists_commands():
+  res = _recjax("fly")
+  assert res.returncode == 2
+  assert "prepare" in res.stderr and "train" in res.stderr
