@@ -35,7 +35,8 @@ def _emit(obj: dict) -> None:
 
 
 def _matmul_gflops(torch, n: int, reps: int) -> float:
-  """Median float32 GFLOP/s of an n x n x n torch.matmul (peak reference)."""
+  """Median float32 GFLOP/s of an n x n x n torch.matmul (peak reference;
+  the caller takes the best over 1..nproc threads)."""
   a = torch.randn(n, n, dtype=torch.float32)
   b = torch.randn(n, n, dtype=torch.float32)
   torch.matmul(a, b)
@@ -56,7 +57,9 @@ def main(argv=None) -> int:
   p.add_argument("--inputs_length", type=int, required=True)
   p.add_argument("--targets_length", type=int, required=True)
   p.add_argument("--warmup_steps", type=int, default=2)
-  p.add_argument("--threads", type=int, default=os.cpu_count())
+  p.add_argument("--threads", type=int, default=0,
+                 help="torch.set_num_threads; 0 = the fastest of 1..nproc, "
+                 "timed over 2 steps each after the warm-up")
   p.add_argument("--matmul_size", type=int, default=2048)
   p.add_argument("--matmul_reps", type=int, default=10)
   p.add_argument("--seed", type=int, default=0)
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
   import transformers  # pylint: disable=g-import-not-at-top
   from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
 
-  torch.set_num_threads(args.threads)
+  torch.set_num_threads(args.threads or os.cpu_count())
   torch.manual_seed(args.seed)
   arch = json.loads(args.arch)
   config = transformers.T5Config(
@@ -101,10 +104,27 @@ def main(argv=None) -> int:
   for _ in range(args.warmup_steps):
     step()
   warmup_s = time.perf_counter() - t0
-  peak = _matmul_gflops(torch, args.matmul_size, args.matmul_reps)
+  thread_s = {}
+  if not args.threads:
+    for n in range(1, (os.cpu_count() or 1) + 1):
+      torch.set_num_threads(n)
+      step()
+      t1 = time.perf_counter()
+      step()
+      step()
+      thread_s[n] = (time.perf_counter() - t1) / 2
+    torch.set_num_threads(min(thread_s, key=thread_s.get))
+  chosen = torch.get_num_threads()
+  peak = 0.0
+  for n in range(1, max(chosen, os.cpu_count() or 1) + 1):
+    torch.set_num_threads(n)
+    peak = max(peak, _matmul_gflops(torch, args.matmul_size, args.matmul_reps))
+  torch.set_num_threads(chosen)
   _emit({"ready": True,
          "params": sum(p.numel() for p in model.parameters()),
          "matmul_gflops": peak, "threads": torch.get_num_threads(),
+         "s_per_step_by_threads": thread_s,
+         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
          "warmup_s": warmup_s,
          "versions": {"torch": torch.__version__,
                       "transformers": transformers.__version__}})

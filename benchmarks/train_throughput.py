@@ -21,8 +21,9 @@ Fairness: float32 activations and parameters for both (bfloat16 on the CPU is
 emulated and slower, so it would penalise neither framework meaningfully but
 makes the comparison noisier; the gins' 'bfloat16' default is overridden);
 the same dropout rate (--dropout, default 0.0 = the gins' DROPOUT_RATE); both
-use every core (XLA's intra-op pool covers all cores by default; torch gets
-torch.set_num_threads(nproc)). The two frameworks never run at the same time:
+may use every core (XLA's intra-op pool covers all cores by default; torch
+gets the fastest of torch.set_num_threads(1..nproc), timed after its warm-up,
+and OMP_WAIT_POLICY=PASSIVE unless set, see TorchRunner). The two frameworks never run at the same time:
 the PyTorch process waits on a pipe while recjax runs and vice versa, and the
 repeats alternate (recjax, torch, recjax, torch, ...) so that both see the
 same background load.
@@ -234,9 +235,14 @@ class TorchRunner:
            "--targets_length", str(lt), "--warmup_steps", str(warmup),
            "--threads", str(threads), "--matmul_size", str(matmul_size),
            "--seed", str(seed)]
-    # The helper must not inherit recjax's XLA/JAX environment tweaks.
+    # libgomp's default busy-wait (OMP_WAIT_POLICY=ACTIVE) collapses when the
+    # cores are shared: measured here with other jobs running, HF T5 small at
+    # 2 threads took 32 s/step with ACTIVE vs 3.9 s/step with PASSIVE (tiny:
+    # 3.0 vs 0.1). PASSIVE unless the caller chose a policy.
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, text=True, env=env)
     self.info = self._read()
     if not self.info.get("ready"):
       raise RuntimeError(f"torch helper failed to start: {self.info}")
@@ -295,7 +301,9 @@ def bench_config(name: str, args, torch_python: Optional[str],
                                args.matmul_size, args.seed)
     _log(f"{name}: torch ready in {time.perf_counter() - t0:.1f}s "
          f"({torch_runner.info['params']} params, "
-         f"{torch_runner.info['threads']} threads)")
+         f"{torch_runner.info['threads']} threads; s/step by threads "
+         f"{torch_runner.info.get('s_per_step_by_threads')}, "
+         f"OMP_WAIT_POLICY={torch_runner.info.get('omp_wait_policy')})")
   try:
     t0 = time.perf_counter()
     runner = RecjaxRunner(cfg, make_batch(cfg.vocab_size, b, li, lt,
@@ -318,6 +326,7 @@ def bench_config(name: str, args, torch_python: Optional[str],
         msg += f", pytorch {s / args.steps:.3f} s/step (loss {loss:.3f})"
       _log(msg)
     torch_peak = torch_runner.info["matmul_gflops"] if torch_runner else None
+    torch_threads = torch_runner.info["threads"] if torch_runner else None
   finally:
     if torch_runner:
       torch_runner.close()
@@ -336,7 +345,7 @@ def bench_config(name: str, args, torch_python: Optional[str],
          "pytorch_s_per_step": None, "pytorch_tokens_per_s": None,
          "pytorch_mfu": None, "ratio": None,
          "jax_matmul_gflops": jax_peak, "torch_matmul_gflops": torch_peak,
-         "peak_gflops": peak,
+         "peak_gflops": peak, "pytorch_threads": torch_threads,
          "recjax_repeats_s": jt, "pytorch_repeats_s": tt or None}
   if tt:
     t_step = statistics.median(tt) / args.steps
@@ -367,8 +376,9 @@ def main(argv=None) -> dict:
                  help="recjax activation dtype (torch is always float32)")
   p.add_argument("--torch_python", default=DEFAULT_TORCH_PYTHON,
                  help="interpreter with torch + transformers ('' = skip)")
-  p.add_argument("--threads", type=int, default=os.cpu_count(),
-                 help="torch.set_num_threads for the PyTorch side")
+  p.add_argument("--threads", type=int, default=0,
+                 help="torch.set_num_threads for the PyTorch side; 0 = the "
+                 "fastest of 1..nproc, timed by the helper after warm-up")
   p.add_argument("--matmul_size", type=int, default=2048)
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
