@@ -9,7 +9,7 @@ import pytest
 from recjax.data import split as split_lib
 from recjax.prompts import (ALL_TASKS, AUX_TASKS, REC_TASKS, TASK_SPLITS, TASKS,
                             PromptConfig, common, mim, mlm)
-from test_prompts_fixtures import tiny_data
+from tiny_data import tiny_data
 
 ID_RE = re.compile(r"item_\d+")
 CFG = PromptConfig(num_negatives=9)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from recjax.prompts import PromptConfig, TASKS
 from recjax.prompts.export import serialize_example, write_task_files
 from seqio_tasks import registry, show
-from test_prompts_fixtures import tiny_data
+from tiny_data import tiny_data
 
 LENGTHS = {"inputs": 256, "targets": 32}
 
