@@ -102,3 +102,27 @@ def test_model_loss_fn_matches_numpy(lnf):
 def test_bad_loss_normalizing_factor():
   with pytest.raises(ValueError):
     test_utils.tiny_model(loss_normalizing_factor='AVERAGE_PER_SEQUENCE_X')
+
+
+def test_integer_label_path_equals_one_hot_path():
+  """label_smoothing=0 gathers target log-probs; it must equal the one-hot path."""
+  rng = np.random.default_rng(3)
+  logits = jnp.asarray(rng.normal(size=(3, 5, 11)) * 3, jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, size=(3, 5)), jnp.int32)
+  z = jnp.asarray(1e-4, jnp.float32)
+
+  def sparse(lg):
+    loss, zl, _ = losses.compute_weighted_cross_entropy(lg, targets, z_loss=1e-4)
+    return loss, zl
+
+  def dense(lg):
+    loss, zl = losses.cross_entropy_with_logits(
+        lg, jax.nn.one_hot(targets, 11, dtype=lg.dtype), z)
+    return loss.sum(), zl.sum()
+
+  (ls, zs), (ld, zd) = sparse(logits), dense(logits)
+  np.testing.assert_allclose(ls, ld, rtol=1e-6)
+  np.testing.assert_allclose(zs, zd, rtol=1e-6)
+  gs = jax.grad(lambda lg: sparse(lg)[0])(logits)
+  gd = jax.grad(lambda lg: dense(lg)[0])(logits)
+  np.testing.assert_allclose(gs, gd, rtol=1e-6, atol=1e-7)

@@ -217,7 +217,18 @@ class DenseGeneral(nn.Module):
         'kernel', nn.with_logical_partitioning(self.kernel_init,
                                                self.kernel_axes),
         param_shape, self.param_dtype)
-    kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
+    kernel = jnp.asarray(kernel, self.dtype)
+    n = len(axis)
+    if axis == tuple(range(inputs.ndim - n, inputs.ndim)):
+      # Contracting the trailing dims: run one 2-D [tokens, in] x [in, out]
+      # matmul (same contraction, same result). Keeping activations 2-D lets
+      # XLA's backward emit the weight-gradient dot without the layout
+      # transposes it inserts for >2-D dot_generals.
+      batch_shape = inputs.shape[:inputs.ndim - n]
+      x2d = inputs.reshape((int(np.prod(batch_shape)), param_shape[0]))
+      y = lax.dot_general(x2d, kernel, (((1,), (0,)), ((), ())))
+      return y.reshape(batch_shape + features)
+    kernel = kernel.reshape(in_shape + features)
     contract = (axis, tuple(range(len(axis))))
     return lax.dot_general(inputs, kernel, (contract, ((), ())))
 

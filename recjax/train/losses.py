@@ -66,6 +66,50 @@ cross_entropy_with_logits.defvjp(_cross_entropy_with_logits_fwd,
                                  _cross_entropy_with_logits_bwd)
 
 
+@jax.custom_vjp
+def _sparse_cross_entropy_with_logits(
+    logits: jax.Array, targets: jax.Array,
+    z_loss: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """`cross_entropy_with_logits` for one-hot targets given as integer ids.
+
+  Same numerics and VJP as the soft-target version with
+  `one_hot(targets)` (no label smoothing), without materializing the
+  [..., V] one-hot array or its product in the forward pass.
+  """
+  return _sparse_cross_entropy_with_logits_fwd(logits, targets, z_loss)[0]
+
+
+def _sparse_cross_entropy_with_logits_fwd(logits, targets, z_loss):
+  max_logit = logits.max(axis=-1, keepdims=True)
+  shifted = logits - max_logit
+  exp_shifted = jnp.exp(shifted)
+  sum_exp = jnp.sum(exp_shifted, axis=-1, keepdims=True)
+  log_sum_exp = jnp.log(sum_exp)
+  target_shifted = jnp.take_along_axis(
+      shifted, targets[..., None].astype(jnp.int32), axis=-1)
+  loss = jnp.squeeze(log_sum_exp - target_shifted, axis=-1)
+  log_z = jnp.squeeze(log_sum_exp + max_logit, axis=-1)
+  total_z_loss = z_loss * jax.lax.square(log_z)
+  loss = loss + total_z_loss
+  return (loss, total_z_loss), (targets, z_loss, exp_shifted, sum_exp, log_z)
+
+
+def _sparse_cross_entropy_with_logits_bwd(res, g):
+  g = g[0]  # The z-loss output is for logging only; its cotangent is ignored.
+  targets, z_loss, exp_shifted, sum_exp, log_z = res
+  one_hot = jax.nn.one_hot(targets, exp_shifted.shape[-1],
+                           dtype=exp_shifted.dtype)
+  deriv = (jnp.expand_dims(1 + 2 * z_loss * log_z, -1) * exp_shifted / sum_exp
+           - one_hot)
+  g_logits = jnp.expand_dims(g, axis=-1) * deriv
+  return (jnp.asarray(g_logits, exp_shifted.dtype), None,
+          jnp.zeros_like(z_loss))
+
+
+_sparse_cross_entropy_with_logits.defvjp(_sparse_cross_entropy_with_logits_fwd,
+                                         _sparse_cross_entropy_with_logits_bwd)
+
+
 def compute_weighted_cross_entropy(
     logits: jax.Array,
     targets: jax.Array,
@@ -89,10 +133,16 @@ def compute_weighted_cross_entropy(
   normalizing_constant = -(
       confidence * np.log(confidence) +
       (vocab_size - 1) * low_confidence * np.log(low_confidence + 1e-20))
-  soft_targets = jax.nn.one_hot(targets, vocab_size, dtype=logits.dtype)
-  soft_targets = soft_targets * (confidence - low_confidence) + low_confidence
-  total_loss, total_z_loss = cross_entropy_with_logits(
-      logits, soft_targets, jnp.asarray(z_loss, logits.dtype))
+  if label_smoothing == 0.0:
+    # Hard labels: gather the target log-probability instead of a [..., V]
+    # one-hot product (same loss, z-loss and gradient).
+    total_loss, total_z_loss = _sparse_cross_entropy_with_logits(
+        logits, targets, jnp.asarray(z_loss, logits.dtype))
+  else:
+    soft_targets = jax.nn.one_hot(targets, vocab_size, dtype=logits.dtype)
+    soft_targets = soft_targets * (confidence - low_confidence) + low_confidence
+    total_loss, total_z_loss = cross_entropy_with_logits(
+        logits, soft_targets, jnp.asarray(z_loss, logits.dtype))
   total_loss = total_loss - normalizing_constant
   weight_sum = jnp.asarray(np.prod(targets.shape), jnp.float32)
   if weights is not None:
