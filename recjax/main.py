@@ -20,14 +20,6 @@ from recjax import tf_quiet
 from recjax.train import gin_utils
 
 FLAGS = flags.FLAGS
-DEFAULT_DATA_DIR = os.path.join("~", ".cache", "recjax")
-
-
-def data_dir() -> str:
-  """Where the embedded default and `--output`-less prepares live."""
-  return os.path.expanduser(os.environ.get("RECJAX_DATA_DIR", DEFAULT_DATA_DIR))
-
-
 # ---------------------------------------------------------------- prepare
 def _define_prepare_flags():
   flags.DEFINE_string("source", None, "Loader name: movielens, amazon2014, "
@@ -87,14 +79,14 @@ def _prepare(argv):
   del argv
   _quiet_logs()
   from recjax.data import prepare as prepare_lib
-  from recjax.data.prepared import atomic_directory
+  from recjax.data.prepared import atomic_directory, data_root
   from recjax.prompts import PromptConfig
   from recjax.prompts import export
 
   name = FLAGS.name or (FLAGS.source if FLAGS.source == "synthetic" or
                         not FLAGS.input else
                         os.path.basename(os.path.normpath(FLAGS.input)))
-  output = FLAGS.output or os.path.join(data_dir(), name)
+  output = FLAGS.output or str(data_root() / name)
   start = time.time()
   print(f"[recjax] preparing {FLAGS.source} -> {output}", file=sys.stderr)
   with atomic_directory(output, overwrite=FLAGS.overwrite) as tmp:

@@ -4,11 +4,7 @@ from __future__ import annotations
 import os
 import pathlib
 
-
-def data_root() -> pathlib.Path:
-  """`$RECJAX_DATA_DIR`, default `~/.cache/recjax`."""
-  return pathlib.Path(os.environ.get("RECJAX_DATA_DIR",
-                                     "~/.cache/recjax")).expanduser()
+from recjax.data.prepared import data_root
 
 
 def dataset_dir(env_var: str, default_name: str) -> pathlib.Path:

@@ -29,6 +29,14 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 FORMAT = "recjax.prepared/1"
+DATA_DIR_ENV = "RECJAX_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/recjax"
+
+
+def data_root() -> pathlib.Path:
+  """Where prepared directories live by default: `$RECJAX_DATA_DIR`, else
+  `~/.cache/recjax` (the embedded default is `<root>/synthetic`)."""
+  return pathlib.Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR)).expanduser()
 ITEM_FIELDS = ("id", "title", "categories", "brand", "description", "price")
 
 
