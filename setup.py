@@ -31,7 +31,7 @@ setuptools.setup(
         "safetensors>=0.4,<1",
         "msgpack>=1.0",
         "tensorstore>=0.1.60",
-        "matplotlib>=3.7",
+        "matplotlib>=3.7,<4",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist>=3"],

@@ -1,25 +1,82 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, offline on a CPU:
-#   1. creates .venv if missing and installs recjax;
-#   2. prepares the synthetic world (catalogue + interaction logs) into
-#      $RECJAX_DATA_DIR/synthetic (default ~/.cache/recjax/synthetic): k-core,
-#      leave-one-out split, prompt task files, a SentencePiece vocabulary;
-#   3. prints decoded examples of every registered task and the mixture rates.
-# Extra arguments go to `recjax prepare` (e.g. --option=num_users=5000).
+# The main job, end to end on the embedded synthetic world (CPU, offline):
+#   1. prepare the synthetic world (catalogue + logs -> k-core, leave-one-out
+#      split, prompt task files, a SentencePiece vocabulary);
+#   2. train the tiny FLAN-T5 on synthetic_rec and, with the same budget, on
+#      synthetic_rec_aux (rec tasks + MIM/MLM/BPR/item-ID auxiliary tasks);
+#   3. evaluate both on the test split: retrieval by constrained beam search
+#      (20 beams over the catalogue trie), ranking of 20 candidates by
+#      likelihood, rating RMSE;
+#   4. train and evaluate Pop, BPR-MF and SASRec on the same split;
+#   5. print the comparison table and save results.{md,json,png}.
+#
+# Everything goes to $RECJAX_QUICKSTART_DIR (default
+# $RECJAX_DATA_DIR/quickstart, i.e. ~/.cache/recjax/quickstart), which is
+# replaced on every run. QUICKSTART_STEPS overrides the training steps of each
+# LM run (default: TRAIN_STEPS of gin_configs/runs/quickstart.gin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/_venv.sh
 ensure_venv
 export TF_CPP_MIN_LOG_LEVEL=3
 PY="$VENV/bin/python"
-DATA_DIR="${RECJAX_DATA_DIR:-$HOME/.cache/recjax}"
-export RECJAX_DATA_DIR="$DATA_DIR"
+export RECJAX_DATA_DIR="${RECJAX_DATA_DIR:-$HOME/.cache/recjax}"
+OUT="${RECJAX_QUICKSTART_DIR:-$RECJAX_DATA_DIR/quickstart}"
+DATA="$RECJAX_DATA_DIR/synthetic"
+export RECJAX_SYNTHETIC_DIR="$DATA"
+STEPS=()
+if [[ -n "${QUICKSTART_STEPS:-}" ]]; then
+  STEPS=("--gin.TRAIN_STEPS=$QUICKSTART_STEPS")
+fi
+START=$SECONDS
+stage() { echo; echo "== [$(( (SECONDS - START) / 60 ))m$(( (SECONDS - START) % 60 ))s] $*"; }
 
-echo "== 1/2 prepare the synthetic world -> $DATA_DIR/synthetic"
-"$PY" -m recjax.main prepare --source=synthetic --output="$DATA_DIR/synthetic" \
-  --overwrite "$@"
-echo
-echo "== 2/2 registered mixtures, and two decoded validation examples of every task"
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+stage "1/5 prepare the synthetic world -> $DATA"
+# Quickstart prompt settings (README, "What the quickstart does"): 10 history
+# items, 20 ranking candidates, and more MIM/BPR examples per user so the
+# auxiliary tasks are a real share of synthetic_rec_aux.
+"$PY" -m recjax.main prepare --source=synthetic --output="$DATA" --overwrite \
+  --max_history=10 --num_negatives=19 \
+  --prompt=mim_examples_per_user=10 --prompt=bpr_pairs_per_user=10
 "$PY" -m recjax.main show --task=synthetic_rec,synthetic_rec_aux -n 0
-"$PY" -m recjax.main show --split=validation -n 2 \
-  --task=synthetic_retrieval,synthetic_ranking,synthetic_rating,synthetic_mim,synthetic_mlm,synthetic_bpr,synthetic_ie
+"$PY" -m recjax.main show --task=synthetic_retrieval --split=validation -n 1
+
+for MIX in rec rec_aux; do
+  stage "2/5 train the tiny FLAN-T5 on synthetic_$MIX -> $OUT/train_$MIX"
+  "$PY" -m recjax.main train --gin_file=models/flan_t5_tiny.gin \
+    --gin_file=runs/quickstart.gin \
+    --gin.MIXTURE_OR_TASK_NAME="'synthetic_$MIX'" \
+    --gin.MODEL_DIR="'$OUT/train_$MIX'" "${STEPS[@]}"
+done
+
+for MIX in rec rec_aux; do
+  stage "3/5 evaluate the synthetic_$MIX model on the test split -> $OUT/eval_$MIX"
+  "$PY" -m recjax.main eval --gin_file=models/flan_t5_tiny.gin \
+    --gin_file=runs/eval.gin \
+    --gin.ACTIVATION_DTYPE="'float32'" \
+    --gin.evaluate.auto_vocab_size=True \
+    --gin.MIXTURE_OR_TASK_NAME="'synthetic_rec'" \
+    --gin.CHECKPOINT_PATH="'$OUT/train_$MIX'" \
+    --gin.EVAL_OUTPUT_DIR="'$OUT/eval_$MIX'"
+done
+
+for MODEL in pop bpr sasrec; do
+  stage "4/5 baseline $MODEL -> $OUT/baseline_$MODEL"
+  "$PY" -m recjax.main baseline --model=$MODEL --data="$DATA" \
+    --output="$OUT/baseline_$MODEL"
+done
+
+stage "5/5 results -> $OUT/results.{md,json,png}"
+"$PY" -m recjax.infer.report \
+  --lm "tiny FLAN-T5, rec=$OUT/eval_rec" \
+  --lm "tiny FLAN-T5, rec+aux=$OUT/eval_rec_aux" \
+  --baseline "Pop=$OUT/baseline_pop" \
+  --baseline "BPR-MF=$OUT/baseline_bpr" \
+  --baseline "SASRec=$OUT/baseline_sasrec" \
+  --curves "rec=$OUT/train_rec" --curves "rec+aux=$OUT/train_rec_aux" \
+  --output "$OUT"
+echo
+echo "Done in $(( (SECONDS - START) / 60 ))m$(( (SECONDS - START) % 60 ))s. Table: $OUT/results.md  Plot: $OUT/results.png"

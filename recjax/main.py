@@ -1,4 +1,4 @@
-"""The `recjax` command: prepare, show, train (infer and eval arrive with evaluation).
+"""The `recjax` command: prepare, show, train, eval, infer, baseline.
 
 Each sub-command defines only its own absl flags, so `recjax prepare --help`
 lists what `prepare` takes. T5X users will recognise `train`:
@@ -50,6 +50,9 @@ def _define_prepare_flags():
   flags.DEFINE_multi_string("option", [], "Loader option KEY=VALUE, e.g. "
                             "num_users=5000 for synthetic or "
                             "columns=user=uid,item=iid for csv.")
+  flags.DEFINE_multi_string("prompt", [], "Other PromptConfig field "
+                            "KEY=VALUE (see recjax/prompts/common.py), e.g. "
+                            "mim_examples_per_user=5 or bpr_pairs_per_user=10.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
 
 
@@ -67,6 +70,29 @@ def _parse_options(pairs: Sequence[str]) -> dict:
         pass
     options[key.strip()] = value
   return options
+
+
+def _prompt_config(config_cls, pairs: Sequence[str]):
+  """PromptConfig from the dedicated flags plus `--prompt KEY=VALUE` pairs."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  fields = {f.name for f in dataclasses.fields(config_cls)}
+  defaults = config_cls()
+  values = {"item_format": FLAGS.item_format,
+            "max_history": FLAGS.max_history,
+            "num_negatives": FLAGS.num_negatives}
+  for key, value in _parse_options(pairs).items():
+    if key not in fields:
+      raise app.UsageError(f"--prompt {key}=...: not a PromptConfig field; "
+                           f"choose from {sorted(fields)}")
+    if key in values:
+      raise app.UsageError(f"--prompt {key}=...: use --{key} instead")
+    if isinstance(getattr(defaults, key), bool):
+      value = str(value).lower() in ("1", "true", "yes")
+    values[key] = value
+  try:
+    return config_cls(**values)
+  except (TypeError, ValueError) as e:
+    raise app.UsageError(f"--prompt: {e}") from e
 
 
 def _quiet_logs():
@@ -95,9 +121,7 @@ def _prepare(argv):
         on_error=FLAGS.on_error, dedup=FLAGS.dedup,
         max_history=FLAGS.max_history, options=_parse_options(FLAGS.option))
     data.write_into(tmp)
-    config = PromptConfig(item_format=FLAGS.item_format,
-                          max_history=FLAGS.max_history,
-                          num_negatives=FLAGS.num_negatives)
+    config = _prompt_config(PromptConfig, FLAGS.prompt)
     manifest = export.write_task_files(
         data, tmp, config=config, seed=FLAGS.seed, tasks=FLAGS.tasks,
         vocab_model=FLAGS.vocab, vocab_size=FLAGS.vocab_size)
@@ -160,6 +184,71 @@ def _train(argv):
                        FLAGS.gin_search_paths)
 
 
+def _gin_job(job: str):
+  """`recjax eval` / `recjax infer`: the same gin flags as `train`."""
+  def main(argv):
+    del argv
+    _quiet_logs()
+    if FLAGS.multi_host:
+      import jax
+      jax.distributed.initialize()
+    from recjax.infer import jobs_main
+    jobs_main.JOBS[job](FLAGS.gin_file, FLAGS.gin_bindings,
+                        FLAGS.gin_search_paths)
+  return main
+
+
+# ---------------------------------------------------------------- baseline
+def _define_baseline_flags():
+  flags.DEFINE_enum("model", None, ["pop", "bpr", "sasrec"], "Classical "
+                    "recommender (recjax/baselines/README.md).", required=True)
+  flags.DEFINE_string("data", None, "Prepared directory (`recjax prepare`).",
+                      required=True)
+  flags.DEFINE_string("output", None, "Directory to write metrics.json and "
+                      "the embeddings into (atomically).", required=True)
+  flags.DEFINE_integer("seed", 0, "Seed for initialisation, dropout, "
+                       "shuffling and negatives.")
+  flags.DEFINE_integer("epochs", None, "Maximum epochs (default: RecBole's, "
+                       "bpr 200, sasrec 30; early stopping may end sooner). "
+                       "pop does not train.")
+  flags.DEFINE_enum("loss", None, ["ce", "bce"], "SASRec loss: ce = "
+                    "cross-entropy over all items (default), bce = one "
+                    "sampled negative per target.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+
+
+def _baseline(argv):
+  del argv
+  _quiet_logs()
+  from recjax.baselines import cli as baseline_cli
+  from recjax.data.errors import DataError
+  if FLAGS.loss is not None and FLAGS.model != "sasrec":
+    raise app.UsageError("--loss applies to --model=sasrec only")
+  if FLAGS.epochs is not None and FLAGS.epochs < 1:
+    raise app.UsageError(f"--epochs={FLAGS.epochs}: expected >= 1")
+  if os.path.exists(FLAGS.output) and not FLAGS.overwrite:
+    raise FileExistsError(f"{FLAGS.output} exists; pass --overwrite to "
+                          "replace it")
+  hparams = {"loss": FLAGS.loss} if FLAGS.loss is not None else {}
+  epochs = None if FLAGS.model == "pop" else FLAGS.epochs
+  print(f"[recjax] baseline {FLAGS.model} on {FLAGS.data} -> {FLAGS.output}",
+        file=sys.stderr)
+  try:
+    m = baseline_cli.run_baseline(
+        FLAGS.model, FLAGS.data, FLAGS.output, seed=FLAGS.seed, epochs=epochs,
+        overwrite=FLAGS.overwrite,
+        log=lambda line: print(line, file=sys.stderr, flush=True), **hparams)
+  except DataError:
+    raise
+  except ValueError as e:  # unreadable prepared dir, sequences too short
+    raise DataError(FLAGS.data, None, None, str(e)) from e
+  t = m["test"]
+  print(f"[recjax] {FLAGS.model} test recall@10 {t.get('recall@10', 0.0):.4f} "
+        f"ndcg@10 {t.get('ndcg@10', 0.0):.4f} ({int(t.get('count', 0))} users; "
+        f"best epoch {m['best_epoch']}, {m['epochs_run']} run, "
+        f"{m['wall_seconds']:.1f}s) -> {FLAGS.output}")
+
+
 COMMANDS: dict[str, tuple[Callable[[], None], Callable[[Sequence[str]], None],
                           str]] = {
     "prepare": (_define_prepare_flags, _prepare,
@@ -168,6 +257,12 @@ COMMANDS: dict[str, tuple[Callable[[], None], Callable[[Sequence[str]], None],
              "print decoded examples of a registered task or mixture"),
     "train": (_define_gin_flags, _train,
               "train a model on a SeqIO task or mixture (gin-configured)"),
+    "eval": (_define_gin_flags, _gin_job("eval"),
+             "evaluate a checkpoint on rec tasks: metrics.json/.md (gin)"),
+    "infer": (_define_gin_flags, _gin_job("infer"),
+              "write sharded, resumable predictions or scores JSONL (gin)"),
+    "baseline": (_define_baseline_flags, _baseline,
+                 "train + evaluate Pop / BPR / SASRec on a prepared directory"),
 }
 
 

@@ -20,8 +20,20 @@ import seqio
 import tensorflow as tf
 
 from recjax.prompts import ALL_TASKS, AUX_TASKS, REC_TASKS, TASK_SPLITS
+# Layering exception: recjax.infer.metrics is pure numpy (no recjax.train, no
+# JAX), so seqio_tasks may attach its metric fns to the tasks it registers.
+from recjax.infer import metrics as rec_metrics
 
 EXTRA_IDS = 100
+# seqio metric fns by task kind, for `seqio.Evaluator` on text predictions:
+# retrieval predictions are ranked item texts joined by "; "; ranking
+# predictions one item (hit@1); rating predictions the decoded number.
+# recjax.infer.evaluation computes the full set (beam search, likelihoods).
+METRIC_FNS = {
+    "retrieval": [rec_metrics.retrieval_metric_fn],
+    "ranking": [rec_metrics.retrieval_metric_fn],
+    "rating": [rec_metrics.rating_metrics],
+}
 ABSENT_SPLIT = "absent_from_manifest"
 AUX_WEIGHT = 0.5  # default downweighting of auxiliary tasks in `_rec_aux`
 METADATA_FEATURES = ("task", "template_id", "target_item", "candidates",
@@ -54,6 +66,11 @@ class PreparedTaskSource(seqio.TFExampleDataSource):
     patterns = {s: str(prepared_dir / "tasks" / task / f"{s}.tfrecord-*")
                 for s in TASK_SPLITS[task]}
     super().__init__(patterns, FEATURE_DESCRIPTION)
+
+  @property
+  def prepared_dir(self) -> pathlib.Path:
+    """The prepared directory (evaluation reads its item catalogue)."""
+    return self._prepared_dir
 
   @property
   def splits(self) -> Sequence[str]:
@@ -166,7 +183,8 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
              seqio.CacheDatasetPlaceholder(),
              seqio.preprocessors.append_eos_after_trim,
          ],
-         output_features=output_features, metric_fns=[])
+         output_features=output_features,
+         metric_fns=list(METRIC_FNS.get(t, ())))
 
   rates = {}
   for t in tasks:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from tiny_data import tiny_data
 
 PROJECT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -75,3 +76,51 @@ def test_unknown_command_lists_commands():
   res = _recjax("fly")
   assert res.returncode == 2
   assert "prepare" in res.stderr and "train" in res.stderr
+
+
+def test_baseline_command_writes_metrics_and_fails_cleanly(tmp_path):
+  data = tmp_path / "prepared"
+  tiny_data(n_users=30, n_items=40, seed=1, min_len=4, max_len=12).save(data)
+
+  out = tmp_path / "pop"
+  res = _recjax("baseline", "--model=pop", f"--data={data}", f"--output={out}")
+  assert res.returncode == 0, res.stderr
+  m = json.loads((out / "metrics.json").read_text())
+  # The names the LM evaluator uses (recjax.infer.report reads metrics.json["test"]).
+  assert set(m["test"]) >= {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+  assert m["test"]["count"] == 30
+  assert res.stdout.strip() == (
+      f"[recjax] pop test recall@10 {m['test']['recall@10']:.4f} "
+      f"ndcg@10 {m['test']['ndcg@10']:.4f} (30 users; best epoch None, 1 run, "
+      f"{m['wall_seconds']:.1f}s) -> {out}")
+  assert "[pop] epoch   0" in res.stderr
+
+  out = tmp_path / "sasrec"
+  res = _recjax("baseline", "--model=sasrec", f"--data={data}",
+                f"--output={out}", "--epochs=2", "--loss=bce", "--seed=3")
+  assert res.returncode == 0, res.stderr
+  m = json.loads((out / "metrics.json").read_text())
+  assert m["hparams"]["loss"] == "bce" and m["seed"] == 3
+  assert m["epochs_run"] == 2 and len(m["history"]) == 2
+  assert [line.split()[:3] for line in res.stderr.splitlines()
+          if line.startswith("[sasrec]")] == [["[sasrec]", "epoch", "0"],
+                                               ["[sasrec]", "epoch", "1"]]
+  assert f"-> {out}" in res.stdout
+  assert (out / "item_embeddings.npy").is_file()
+
+  # An existing output is refused before training; a missing prepared dir and
+  # a flag of another model end with one clear line.
+  res = _recjax("baseline", "--model=sasrec", f"--data={data}",
+                f"--output={out}", "--epochs=1")
+  assert res.returncode == 1
+  assert res.stderr.strip().splitlines()[-1] == (
+      f"recjax baseline: {out} exists; pass --overwrite to replace it")
+  res = _recjax("baseline", "--model=bpr", f"--data={tmp_path / 'nope'}",
+                f"--output={tmp_path / 'bpr'}")
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert "is not a prepared directory" in res.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "bpr").exists()
+  res = _recjax("baseline", "--model=pop", f"--data={data}",
+                f"--output={tmp_path / 'pop2'}", "--loss=ce")
+  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert "--loss applies to --model=sasrec only" in res.stderr

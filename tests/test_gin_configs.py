@@ -6,6 +6,7 @@ import functools
 import glob
 import importlib.util  # noqa: F401  (gin-config 0.5.0 needs it before gin)
 import os
+import re
 
 import flax
 import gin
@@ -55,9 +56,13 @@ def _base_model_gin():
 
 
 def _binds_train(path):
+  """Whether the gin (or a file it includes) configures `train()`."""
   with open(path, encoding='utf-8') as f:
     text = f.read()
-  return 'recjax.train.trainer' in text
+  if 'recjax.train.trainer' in text:
+    return True
+  return any(_binds_train(os.path.join(GIN_DIR, inc)) for inc in
+             re.findall(r"^include\s+'([^']+)'", text, re.M))
 
 
 @pytest.fixture(autouse=True)

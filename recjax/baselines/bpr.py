@@ -100,43 +100,36 @@ def train_bpr(data: PreparedData, *, seed: int = 0, epochs: int | None = None,
         lambda rows: full_scores(prm, jnp.asarray(es.users[rows], jnp.int32)),
         es, mask_history=hp["mask_history"], ties=hp["ties"], both=both)
 
-  stopper = common.EarlyStopper(hp["patience"])
-  best_params, history = params, []
   bs = hp["batch_size"]
-  epoch = -1
-  for epoch in range(hp["epochs"]):
-    t0 = common.Timer()
+
+  def train_epoch(state, epoch):
+    del epoch
+    prm, opt = state
     perm = rng.permutation(len(users))
     u_e, p_e = users[perm], items[perm]
     n_e = sampler.sample(u_e, rng)
     losses = []
     for s in range(0, len(u_e), bs):
-      params, opt_state, loss = step(
-          params, opt_state, jnp.asarray(u_e[s:s + bs], jnp.int32),
+      prm, opt, loss = step(
+          prm, opt, jnp.asarray(u_e[s:s + bs], jnp.int32),
           jnp.asarray(p_e[s:s + bs], jnp.int32),
           jnp.asarray(n_e[s:s + bs], jnp.int32))
       losses.append(loss)
     mean_loss = float(np.mean(jax.device_get(losses))) if losses else 0.0
-    valid = run_eval(params, "validation")["primary"][common.VALID_METRIC]
-    history.append({"epoch": epoch, "loss": mean_loss, "valid": valid,
-                    "seconds": t0()})
-    common.progress("bpr", epoch, mean_loss, valid, t0(), log)
-    improved, stop = stopper.update(valid, epoch)
-    if improved:
-      best_params = params
-    if stop:
-      break
+    return (prm, opt), mean_loss
 
-  metrics, user_emb = {}, {}
-  for split in common.EVAL_SPLITS:
-    res = run_eval(best_params, split, both=True)
-    metrics[split] = res["primary"]
-    metrics[f"{split}_masked"] = res["masked"]
-    metrics[f"{split}_unmasked"] = res["unmasked"]
-    table = np.asarray(best_params["user_embedding"], np.float32)
-    user_emb[split] = (sets[split].users, table[sets[split].users])
+  fit = common.fit_with_early_stopping(
+      "bpr", (params, opt_state), train_epoch,
+      lambda state: run_eval(state[0], "validation")["primary"][common.VALID_METRIC],
+      epochs=hp["epochs"], patience=hp["patience"], log=log)
+  best_params = fit.best_state[0]
+  metrics = common.final_metrics(
+      lambda split: run_eval(best_params, split, both=True))
+  table = np.asarray(best_params["user_embedding"], np.float32)
+  user_emb = {split: (sets[split].users, table[sets[split].users])
+              for split in common.EVAL_SPLITS}
   return common.BaselineResult(
-      model="bpr", hparams=hp, metrics=metrics, history=history,
-      epochs_run=epoch + 1, best_epoch=stopper.best_epoch,
+      model="bpr", hparams=hp, metrics=metrics, history=fit.history,
+      epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
       item_embeddings=np.asarray(best_params["item_embedding"], np.float32),
       user_embeddings=user_emb, seconds=timer())

@@ -98,14 +98,22 @@ def write_result(result: common.BaselineResult, data: PreparedData,
 
 
 def run_baseline(model: str, data_dir: str, output_dir: str, *, seed: int = 0,
-                 epochs: int | None = None, **hparams) -> dict:
+                 epochs: int | None = None, overwrite: bool = True, log=print,
+                 **hparams) -> dict:
   """Trains `model` ('pop'|'bpr'|'sasrec') on `data_dir`, writes `output_dir`.
 
-  Returns the metrics.json content.
+  Returns the metrics.json content. With `overwrite=False` an existing
+  `output_dir` is refused before any training. `log` gets one line per epoch
+  (None: silent).
   """
+  _trainer(model)  # an unknown model fails before the data is read
+  if not overwrite and pathlib.Path(output_dir).exists():
+    raise FileExistsError(f"{output_dir} exists; pass overwrite to replace it")
   data = PreparedData.load(data_dir)
-  result = train_baseline(model, data, seed=seed, epochs=epochs, **hparams)
-  write_result(result, data, output_dir, data_dir=str(data_dir), seed=seed)
+  result = train_baseline(model, data, seed=seed, epochs=epochs, log=log,
+                          **hparams)
+  write_result(result, data, output_dir, data_dir=str(data_dir), seed=seed,
+               overwrite=overwrite)
   return json.loads((pathlib.Path(output_dir) / "metrics.json").read_text())
 
 

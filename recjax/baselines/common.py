@@ -109,6 +109,63 @@ class EarlyStopper:
     return False, self.bad > self.patience
 
 
+@dataclasses.dataclass
+class FitResult:
+  """What `fit_with_early_stopping` hands back to a trainer."""
+  best_state: Any  # the trainer's state after the best validation epoch
+  history: list[dict[str, float]]  # per epoch: epoch, loss, valid, seconds
+  epochs_run: int
+  best_epoch: int  # -1 when no epoch ran
+
+
+def fit_with_early_stopping(
+    model: str, state: Any,
+    train_epoch: Callable[[Any, int], tuple[Any, float]],
+    validate: Callable[[Any], float], *, epochs: int, patience: int,
+    log: Callable[[str], None] | None) -> FitResult:
+  """The epoch loop every trained baseline shares (RecBole's protocol).
+
+  `train_epoch(state, epoch) -> (state, mean_loss)` runs one epoch;
+  `validate(state)` returns the validation `VALID_METRIC`. After each epoch
+  the metric is logged and recorded; the state of the best epoch (strict
+  improvement) is kept, and training stops after more than `patience`
+  epochs without one. `state` is opaque (e.g. `(params, opt_state)`).
+  """
+  stopper = EarlyStopper(patience)
+  best_state, history = state, []
+  epoch = -1
+  for epoch in range(epochs):
+    t0 = Timer()
+    state, mean_loss = train_epoch(state, epoch)
+    valid = validate(state)
+    history.append({"epoch": epoch, "loss": mean_loss, "valid": valid,
+                    "seconds": t0()})
+    progress(model, epoch, mean_loss, valid, t0(), log)
+    improved, stop = stopper.update(valid, epoch)
+    if improved:
+      best_state = state
+    if stop:
+      break
+  return FitResult(best_state, history, epoch + 1, stopper.best_epoch)
+
+
+def final_metrics(evaluate_split: Callable[[str], dict[str, Any]]
+                  ) -> dict[str, Any]:
+  """Metrics of every split in `EVAL_SPLITS`, in the layout metrics.json keeps.
+
+  `evaluate_split(split)` returns `evaluate(..., both=True)`. The result maps
+  `validation` / `test` to the primary masking choice and
+  `{split}_masked` / `{split}_unmasked` to both variants.
+  """
+  metrics: dict[str, Any] = {}
+  for split in EVAL_SPLITS:
+    res = evaluate_split(split)
+    metrics[split] = res["primary"]
+    metrics[f"{split}_masked"] = res["masked"]
+    metrics[f"{split}_unmasked"] = res["unmasked"]
+  return metrics
+
+
 def item_checksum(item_ids: list[str]) -> str:
   """sha256 of the item ids in index order, newline-joined (catalogue identity)."""
   h = hashlib.sha256()

@@ -33,15 +33,12 @@ def train_popularity(data: PreparedData, *, seed: int = 0,
   timer = common.Timer()
   counts = item_counts(data)
   score = (counts / max(1, counts.max())).astype(np.float32)
-  metrics, users = {}, {}
-  for split in common.EVAL_SPLITS:
-    es = common.eval_set(data, split)
-    res = common.evaluate(lambda rows: np.broadcast_to(score, (len(rows), len(score))),
-                          es, mask_history=mask_history, ties=ties, both=True)
-    metrics[split] = res["primary"]
-    metrics[f"{split}_masked"] = res["masked"]
-    metrics[f"{split}_unmasked"] = res["unmasked"]
-    users[split] = (es.users, np.ones((len(es), 1), np.float32))
+  sets = {split: common.eval_set(data, split) for split in common.EVAL_SPLITS}
+  metrics = common.final_metrics(lambda split: common.evaluate(
+      lambda rows: np.broadcast_to(score, (len(rows), len(score))),
+      sets[split], mask_history=mask_history, ties=ties, both=True))
+  users = {split: (es.users, np.ones((len(es), 1), np.float32))
+           for split, es in sets.items()}
   valid = metrics["validation"][common.VALID_METRIC]
   common.progress("pop", 0, 0.0, valid, timer(), log)
   return common.BaselineResult(

@@ -221,18 +221,18 @@ def train_sasrec(data, *, seed: int = 0, epochs: int | None = None,
            for s in range(0, len(tok), ebs)]
     return (np.concatenate(out) if out else np.zeros((0, cfg.hidden), np.float32))
 
-  def run_eval(prm, split, both=False):
-    vec = user_vectors(prm, split)
+  def run_eval(prm, vec, split, both=False):
     items = np.asarray(prm["item_embedding"][1:], np.float32)
     return common.evaluate(lambda rows: vec[rows] @ items.T, sets[split],
                            mask_history=hp["mask_history"], ties=hp["ties"],
-                           both=both), vec
+                           both=both)
 
-  stopper = common.EarlyStopper(hp["patience"])
-  best_params, history = params, []
-  epoch, n_steps = -1, 0
-  for epoch in range(hp["epochs"]):
-    t0 = common.Timer()
+  n_steps = 0
+
+  def train_epoch(state, epoch):
+    del epoch
+    nonlocal n_steps
+    prm, opt = state
     losses = []
     for g, idx in epoch_batches(groups, rng):
       ex = groups[g]
@@ -248,32 +248,30 @@ def train_sasrec(data, *, seed: int = 0, epochs: int | None = None,
         pos_b = np.concatenate([pos_b, np.zeros((pad,) + pos_b.shape[1:], np.int32)])
         tgt_b = np.concatenate([tgt_b, np.full((pad,) + tgt_b.shape[1:], -1, np.int32)])
         neg_b = np.concatenate([neg_b, np.zeros((pad,) + neg_b.shape[1:], np.int32)])
-      params, opt_state, loss = step(
-          params, opt_state, jax.random.fold_in(dropout_key, n_steps),
+      prm, opt, loss = step(
+          prm, opt, jax.random.fold_in(dropout_key, n_steps),
           jnp.asarray(seq_b), jnp.asarray(tgt_b), jnp.asarray(pos_b),
           jnp.asarray(neg_b))
       n_steps += 1
       losses.append(loss)
-    mean_loss = float(np.mean(jax.device_get(losses)))
-    valid = run_eval(params, "validation")[0]["primary"][common.VALID_METRIC]
-    history.append({"epoch": epoch, "loss": mean_loss, "valid": valid,
-                    "seconds": t0()})
-    common.progress("sasrec", epoch, mean_loss, valid, t0(), log)
-    improved, stop = stopper.update(valid, epoch)
-    if improved:
-      best_params = params
-    if stop:
-      break
+    return (prm, opt), float(np.mean(jax.device_get(losses)))
 
-  metrics, user_emb = {}, {}
-  for split in common.EVAL_SPLITS:
-    res, vec = run_eval(best_params, split, both=True)
-    metrics[split] = res["primary"]
-    metrics[f"{split}_masked"] = res["masked"]
-    metrics[f"{split}_unmasked"] = res["unmasked"]
-    user_emb[split] = (sets[split].users, vec.astype(np.float32))
+  def validate(state):
+    prm = state[0]
+    res = run_eval(prm, user_vectors(prm, "validation"), "validation")
+    return res["primary"][common.VALID_METRIC]
+
+  fit = common.fit_with_early_stopping(
+      "sasrec", (params, opt_state), train_epoch, validate,
+      epochs=hp["epochs"], patience=hp["patience"], log=log)
+  best_params = fit.best_state[0]
+  vecs = {split: user_vectors(best_params, split) for split in common.EVAL_SPLITS}
+  metrics = common.final_metrics(
+      lambda split: run_eval(best_params, vecs[split], split, both=True))
+  user_emb = {split: (sets[split].users, vecs[split].astype(np.float32))
+              for split in common.EVAL_SPLITS}
   return common.BaselineResult(
-      model="sasrec", hparams=hp, metrics=metrics, history=history,
-      epochs_run=epoch + 1, best_epoch=stopper.best_epoch,
+      model="sasrec", hparams=hp, metrics=metrics, history=fit.history,
+      epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
       item_embeddings=np.asarray(best_params["item_embedding"][1:], np.float32),
       user_embeddings=user_emb, seconds=timer())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util  # noqa: F401  (must precede `import gin`)
+import logging as logging_std
 import os
 import re
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -97,6 +98,22 @@ def defines_macro(gin_files: Sequence[str], macro: str,
   return any(visit(_find(f, paths)) for f in gin_files)
 
 
+class _GinResourceNoise(logging_std.Filter):
+  """Drops gin's 'Path not found' ERROR for relative `include`s.
+
+  gin first tries an include as a Python package resource and logs an error
+  when it is not one, then finds it on the search paths; the message would
+  look like a failure to users of `include 'runs/finetune.gin'`.
+  """
+
+  def filter(self, record):
+    return not (record.pathname.endswith('resource_reader.py') and
+                str(record.msg).startswith('Path not found'))
+
+
+_NOISE_FILTER = _GinResourceNoise()
+
+
 def _find(name: str, search_paths: Sequence[str]) -> Optional[str]:
   if os.path.isabs(name):
     return name if os.path.isfile(name) else None
@@ -118,6 +135,9 @@ def parse_gin_flags(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   for p in paths:
     gin.add_config_file_search_path(p)
   gin.add_config_file_search_path(os.getcwd())
+  root = logging_std.getLogger()  # gin logs through the stdlib root logger
+  if _NOISE_FILTER not in root.filters:
+    root.addFilter(_NOISE_FILTER)
   _import_gin_modules(gin_files, paths)
   resolved = []
   for f in gin_files:

@@ -349,8 +349,17 @@ def train(*,
           log_every: int = 100,
           auto_vocab_size: bool = False,
           tensorboard: bool = True,
+          inference_evaluator: Optional[
+              Callable[[int, PyTree], Mapping[str, Any]]] = None,
+          inference_eval_period: Optional[int] = None,
           model_dir_override: Optional[str] = None) -> Tuple[int, Mapping]:
   """Trains `model` on a SeqIO task/mixture; resumes from MODEL_DIR.
+
+  `inference_evaluator(step, params) -> metrics` (nested dicts are flattened
+  to 'a/b' tags), if given, runs every `inference_eval_period` steps and is
+  written under split 'infer_eval'; an evaluator with a `bind(model=,
+  partitioner=)` method is first given the trainer's model and partitioner
+  (e.g. `recjax.infer.evaluation.InferenceEvaluator`, injected by gin).
 
   Returns (final step, last summarized train metrics). Raises
   NonFiniteLossError if a step produced NaN/Inf (the last checkpoint written
@@ -431,6 +440,24 @@ def train(*,
                                 'batch_size': batch_size,
                                 'seed': random_seed,
                                 'mixture_or_task_name': mixture_or_task_name})
+
+  if inference_evaluator is not None and hasattr(inference_evaluator, 'bind'):
+    inference_evaluator.bind(model=model, partitioner=partitioner)
+
+  def run_inference_eval(step_now):
+    out = inference_evaluator(step_now, state.params)
+    flat = {}
+    def walk(prefix, m):
+      for k, v in m.items():
+        if isinstance(v, Mapping):
+          walk(f'{prefix}{k}/', v)
+        else:
+          flat[f'{prefix}{k}'] = float(v)
+    walk('', out or {})
+    writer.write_scalars(step_now, flat, split='infer_eval')
+    print(f'[recjax] step {step_now} infer_eval: ' + ', '.join(
+        f'{k} {_fmt(v)}' for k, v in list(flat.items())[:6]), file=sys.stderr)
+    return out
 
   def run_eval(step_now):
     if not eval_period:
@@ -532,7 +559,12 @@ def train(*,
         save(step)
       if eval_period and step % eval_period == 0:
         run_eval(step)
-      if not window and (is_ckpt or (eval_period and step % eval_period == 0)):
+      is_infer = bool(inference_evaluator is not None and inference_eval_period
+                      and step % inference_eval_period == 0)
+      if is_infer:
+        run_inference_eval(step)
+      if not window and (is_ckpt or is_infer or
+                         (eval_period and step % eval_period == 0)):
         window_start = time.time()  # steps/s measures training only
     flush_window(step)
     if first_bad is not None:
