@@ -46,6 +46,7 @@ PyTree = Any
 REC_KINDS = ('retrieval', 'ranking', 'rating')
 INFER_EVAL_SPLIT = 'infer_eval'   # TensorBoard/metrics.jsonl split name
 RANKING_KS = (1, 5, 10)
+LENGTH_BUCKET = 128  # encoder inputs are padded to a multiple of this
 _SEP = '\x1f'  # never in decoded text: one generation = one item
 
 
@@ -188,8 +189,16 @@ def item_tokens(vocab: seqio.Vocabulary, catalogue: Catalogue) -> list:
 def encode_batch(examples: Sequence[Mapping[str, Any]],
                  task_feature_lengths: Mapping[str, int],
                  batch_size: int) -> dict[str, np.ndarray]:
-  """EncDec arrays of `batch_size` rows (extra rows are all padding)."""
+  """EncDec arrays of `batch_size` rows (extra rows are all padding).
+
+  Inputs are padded only to the batch's longest example rounded up to a
+  multiple of LENGTH_BUCKET (at most the feature length): padding is masked,
+  so outputs are unchanged, and short prompts (retrieval, rating) skip most of
+  the encoder work. Each bucket compiles once.
+  """
   length, t_len = task_feature_lengths['inputs'], task_feature_lengths['targets']
+  longest = max((len(ex['inputs']) for ex in examples), default=1)
+  length = min(length, -(-longest // LENGTH_BUCKET) * LENGTH_BUCKET)
   enc = np.zeros((batch_size, length), np.int32)
   tgt = np.zeros((batch_size, t_len), np.int32)
   for r, ex in enumerate(examples):
