@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from recjax import checkpoints  # noqa: E402
 from recjax.infer import predict  # noqa: E402
 from recjax.infer import trie as trie_lib  # noqa: E402
 from recjax.models import t5  # noqa: E402
 from recjax.train import model_api  # noqa: E402
+from recjax.train import test_utils  # noqa: E402
 
 
 def tiny_config(vocab_size: int) -> t5.T5Config:
@@ -47,19 +47,7 @@ def tiny_config(vocab_size: int) -> t5.T5Config:
                      num_decoder_layers=2, dtype='float32')
 
 
-def random_params(cfg: t5.T5Config, seed: int = 0):
-  """Random params of the right tree (skips compiling the initialisers)."""
-  rng = np.random.RandomState(seed)
-  flat = {}
-  for name, shape in t5.param_shapes(cfg).items():
-    if name.endswith('/scale'):
-      flat[name] = np.ones(shape)
-    elif name.endswith('/kernel'):
-      flat[name] = rng.randn(*shape) / np.sqrt(shape[0])
-    else:
-      flat[name] = rng.randn(*shape)
-  return checkpoints.unflatten_params(
-      {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+random_params = test_utils.random_t5_params
 
 
 def item_ids(n: int, seed: int = 0) -> list:

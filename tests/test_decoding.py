@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from recjax import checkpoints
 from recjax.infer import decoding
 from recjax.infer import predict
 from recjax.infer import trie as trie_lib
 from recjax.models import t5
 from recjax.train import model_api
+from recjax.train import test_utils
 
 
 def tiny_model(vocab_size, seed=0):
@@ -23,19 +23,8 @@ def tiny_model(vocab_size, seed=0):
   cfg = t5.T5Config(vocab_size=vocab_size, emb_dim=16, num_heads=2,
                     head_dim=8, mlp_dim=32, num_encoder_layers=1,
                     num_decoder_layers=1, dtype='float32')
-  rng = np.random.RandomState(seed)
-  flat = {}
-  for name, shape in t5.param_shapes(cfg).items():
-    if name.endswith('/scale'):
-      flat[name] = 1 + 0.2 * rng.randn(*shape)
-    elif name.endswith('/kernel'):
-      # Larger logits than 1/sqrt(fan_in) so sequences are far from uniform.
-      scale = 3.0 if 'logits_dense' in name else 1.0
-      flat[name] = scale * rng.randn(*shape) / np.sqrt(shape[0])
-    else:
-      flat[name] = rng.randn(*shape)
-  params = checkpoints.unflatten_params(
-      {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+  # Larger logits than 1/sqrt(fan_in) so sequences are far from uniform.
+  params = test_utils.random_t5_params(cfg, seed, logits_scale=3.0)
   return model_api.EncoderDecoderModel(t5.Transformer(cfg)), params
 
 

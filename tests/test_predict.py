@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import seqio
 
-from recjax import checkpoints
 from recjax.infer import predict
 from recjax.models import t5
 from recjax.train import model_api
 from recjax.train import partitioning
+from recjax.train import test_utils
 
 CFG = t5.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
                   mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1,
@@ -22,17 +22,7 @@ CFG = t5.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
 
 @pytest.fixture(scope='module')
 def model_and_params():
-  rng = np.random.RandomState(0)
-  flat = {}
-  for name, shape in t5.param_shapes(CFG).items():
-    if name.endswith('/scale'):
-      flat[name] = 1 + 0.2 * rng.randn(*shape)
-    elif name.endswith('/kernel'):
-      flat[name] = rng.randn(*shape) / np.sqrt(shape[0])
-    else:
-      flat[name] = rng.randn(*shape)
-  params = checkpoints.unflatten_params(
-      {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+  params = test_utils.random_t5_params(CFG, 0)
   return model_api.EncoderDecoderModel(t5.Transformer(CFG)), params
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from recjax import checkpoints
 from recjax.models import t5
+from recjax.train import test_utils
 
 CFG = t5.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
                   mlp_dim=32, num_encoder_layers=2, num_decoder_layers=2,
@@ -27,23 +28,7 @@ def _jit_apply(cfg, **static):
       variables, *args, **static, **kw))
 
 
-def random_params(cfg, seed=0):
-  """Random params of the right tree and shapes, without compiling `init`.
-
-  (Compiling the flax initializers costs ~10 s of CPU; init itself is covered
-  by test_init_variables_tree_and_scaling.)
-  """
-  rng = np.random.RandomState(seed)
-  flat = {}
-  for name, shape in t5.param_shapes(cfg).items():
-    if name.endswith('/scale'):
-      flat[name] = 1 + 0.2 * rng.randn(*shape)
-    elif name.endswith('/kernel'):
-      flat[name] = rng.randn(*shape) / np.sqrt(shape[0])
-    else:
-      flat[name] = rng.randn(*shape)
-  return checkpoints.unflatten_params(
-      {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+random_params = test_utils.random_t5_params
 
 
 @pytest.fixture(scope='module')

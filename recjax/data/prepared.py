@@ -24,7 +24,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -225,6 +225,31 @@ class atomic_directory:  # pylint: disable=invalid-name
     else:
       os.replace(self.tmp, self.target)
     return False
+
+
+def atomic_write(path: str | os.PathLike, content: str | Callable[
+    [pathlib.Path], Any]) -> None:
+  """Writes a file so that a reader never sees half of it.
+
+  `content` is the text to write, or `write(tmp_path)` for other writers
+  (e.g. matplotlib); either way a temporary file beside `path` is renamed
+  onto it, and removed if writing fails.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix,
+                             dir=path.parent)
+  os.close(fd)
+  try:
+    if callable(content):
+      content(pathlib.Path(tmp))
+    else:
+      pathlib.Path(tmp).write_text(content, encoding="utf-8")
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:

@@ -36,7 +36,10 @@ import jax
 import numpy as np
 import seqio
 
+from recjax.data.prepared import atomic_write
 from recjax.infer import metrics as rec_metrics
+from recjax.infer import predict as predict_lib
+from recjax.infer import trie as trie_lib
 from recjax.prompts import common as prompt_common
 from recjax.train import metrics_writer as metrics_writer_lib
 from recjax.train import model_api
@@ -48,17 +51,6 @@ INFER_EVAL_SPLIT = 'infer_eval'   # TensorBoard/metrics.jsonl split name
 RANKING_KS = (1, 5, 10)
 LENGTH_BUCKET = 128  # encoder inputs are padded to a multiple of this
 _SEP = '\x1f'  # never in decoded text: one generation = one item
-
-
-def _predict_lib():
-  # Imported lazily: recjax.infer.predict is written alongside this module.
-  from recjax.infer import predict  # pylint: disable=g-import-not-at-top
-  return predict
-
-
-def _trie_lib():
-  from recjax.infer import trie  # pylint: disable=g-import-not-at-top
-  return trie
 
 
 # ------------------------------------------------------------------ tasks
@@ -171,7 +163,7 @@ def catalogue_trie(vocab: seqio.Vocabulary, catalogue: Catalogue):
   """`build_catalogue_trie` once per (catalogue, vocabulary), kept in memory."""
   key = (catalogue.key, _vocab_key(vocab))
   if key not in _TRIES:
-    _TRIES[key] = _trie_lib().build_catalogue_trie(vocab, catalogue.texts)
+    _TRIES[key] = trie_lib.build_catalogue_trie(vocab, catalogue.texts)
   return _TRIES[key]
 
 
@@ -303,11 +295,10 @@ class InferenceRunner:
               rng: Optional[jax.Array] = None, trie=None
              ) -> tuple[np.ndarray, np.ndarray]:
     """(tokens [B, num_decodes, T], scores [B, num_decodes]), best first."""
-    predict = _predict_lib()
     key = ('predict', decode_method, num_decodes, max_decode_length, alpha,
            temperature, topk)
     fn = self._jit(key, lambda: functools.partial(
-        predict.predict_batch, self.model, decode_method=decode_method,
+        predict_lib.predict_batch, self.model, decode_method=decode_method,
         num_decodes=num_decodes, alpha=alpha, temperature=temperature,
         topk=topk, max_decode_length=max_decode_length))
     arrays = {'encoder_input_tokens': batch['encoder_input_tokens'],
@@ -324,17 +315,15 @@ class InferenceRunner:
   def score(self, params: PyTree, batch: Mapping[str, np.ndarray]
            ) -> np.ndarray:
     """Summed target log-likelihood [B] (teacher forcing)."""
-    predict = _predict_lib()
-    fn = self._jit(('score',), lambda: functools.partial(predict.score_batch,
-                                                         self.model))
+    fn = self._jit(('score',), lambda: functools.partial(
+        predict_lib.score_batch, self.model))
     return np.asarray(jax.device_get(fn(params, self._host_slice(batch))))
 
   def score_candidates(self, params: PyTree, encoder_input_tokens: np.ndarray,
                        candidate_targets: np.ndarray) -> np.ndarray:
     """Log-likelihood [B, C] of each row's candidate targets [B, C, T]."""
-    predict = _predict_lib()
     fn = self._jit(('candidates',), lambda: functools.partial(
-        predict.score_candidates, self.model))
+        predict_lib.score_candidates, self.model))
     sharded = self._host_slice({'e': encoder_input_tokens,
                                 'c': candidate_targets})
     return np.asarray(jax.device_get(fn(params, sharded['e'], sharded['c'])))
@@ -356,7 +345,7 @@ def get_runner(model: model_api.BaseModel,
 
 
 def decode_texts(vocab: seqio.Vocabulary, tokens: np.ndarray) -> list[str]:
-  return list(_predict_lib().decode_tokens(vocab, np.asarray(tokens)))
+  return list(predict_lib.decode_tokens(vocab, np.asarray(tokens)))
 
 
 def _finite(x: float) -> Optional[float]:
@@ -641,13 +630,6 @@ class InferenceEvaluator:
 
 
 # ------------------------------------------------------------------ outputs
-def atomic_write(path: str, text: str) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def flatten_metrics(results: Mapping[str, Mapping[str, float]]
                    ) -> dict[str, float]:
   """{task: {metric: v}} -> {'task/metric': v} (TensorBoard tags)."""

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import optax
 
+from recjax.data.prepared import atomic_write
 from recjax.infer import evaluation
 from recjax.train import model_api
 from recjax.train import partitioning
@@ -219,7 +220,7 @@ def infer(*,
       raise ValueError(f'{chunk_dir} holds chunks of a run with other '
                        f'settings ({old}); remove it to start over.')
   elif writer:
-    evaluation.atomic_write(settings_path, json.dumps(settings))
+    atomic_write(settings_path, json.dumps(settings))
 
   def chunk_path(c):
     return os.path.join(chunk_dir, f'chunk-{c:06d}.jsonl')
@@ -271,7 +272,7 @@ def infer(*,
                            task_feature_lengths)
     rows = compute(items)
     if writer:
-      evaluation.atomic_write(chunk_path(c), ''.join(
+      atomic_write(chunk_path(c), ''.join(
           json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
     computed += 1
     progress.update(len(items))

@@ -31,8 +31,9 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
 from typing import Any, Mapping, Sequence
+
+from recjax.data.prepared import atomic_write
 
 TASKS = ("retrieval", "ranking", "rating")
 # (task, metric key, column header); the table's and the figure's columns.
@@ -229,20 +230,6 @@ def load_training_curve(model_dir: str | os.PathLike,
 # --------------------------------------------------------------------------
 # Figure
 # --------------------------------------------------------------------------
-def _atomic_write(path: pathlib.Path, write) -> None:
-  """`write(tmp_path)` then rename, so a reader never sees half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix,
-                             dir=path.parent)
-  os.close(fd)
-  try:
-    write(pathlib.Path(tmp))
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
 
 def plot(curves: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
          rows: Sequence[tuple[str, Mapping[str, Any]]],
@@ -305,7 +292,7 @@ def plot(curves: Mapping[str, Mapping[str, Sequence[Sequence[float]]]],
   fig.tight_layout()
 
   out = pathlib.Path(path)
-  _atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
+  atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
   return out
 
 
@@ -352,9 +339,9 @@ def build_report(lm: Sequence[tuple[str, str]],
       md.append(f"* {name}: " + ("; ".join(parts) if parts else "no records"))
     md.append("")
   md.append("![results](results.png)\n")
-  _atomic_write(out / "results.md",
+  atomic_write(out / "results.md",
                 lambda p: p.write_text("\n".join(md), encoding="utf-8"))
-  _atomic_write(out / "results.json", lambda p: p.write_text(
+  atomic_write(out / "results.json", lambda p: p.write_text(
       json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
   plot(curve_data, rows, out / "results.png")
   return results

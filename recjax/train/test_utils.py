@@ -133,3 +133,27 @@ def tiny_model(config: Optional[TinyConfig] = None, **kwargs):
   return model_api.EncoderDecoderModel(
       TinyEncoderDecoder(config or TinyConfig()), BYTE_VOCAB, BYTE_VOCAB,
       **kwargs)
+
+
+def random_t5_params(config, seed: int = 0, logits_scale: float = 1.0):
+  """Random `recjax.models.t5.Transformer` params of the right tree and shapes,
+  without compiling the flax initialisers (~10 s of CPU per config).
+
+  Layer-norm scales are 1 + 0.2 N(0, 1), kernels N(0, 1/fan_in) (the logits
+  kernel times `logits_scale`: > 1 makes output distributions far from
+  uniform, which decoding tests want), other parameters N(0, 1).
+  """
+  from recjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from recjax.models import t5  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  flat = {}
+  for name, shape in t5.param_shapes(config).items():
+    if name.endswith('/scale'):
+      flat[name] = 1 + 0.2 * rng.randn(*shape)
+    elif name.endswith('/kernel'):
+      scale = logits_scale if 'logits_dense' in name else 1.0
+      flat[name] = scale * rng.randn(*shape) / np.sqrt(shape[0])
+    else:
+      flat[name] = rng.randn(*shape)
+  return checkpoints.unflatten_params(
+      {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
