@@ -126,7 +126,9 @@ def test_initial_checkpoint_from_recjax_dir(uninterrupted):
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
-  # The learning rate turns NaN for the 4th update (optimizer count 3).
+  # The learning rate turns NaN for the 4th update (optimizer count 3): the
+  # loss and gradients of step 4 are finite, its update is not. The check of
+  # the parameters before the step-4 save catches it.
   lr = lambda count: jnp.where(count >= 3, jnp.nan, 1e-2)
   with pytest.raises(trainer.NonFiniteLossError, match='step 4') as e:
     _train(tmp_path, 8, learning_rate_fn=lr)
@@ -137,7 +139,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
   _, params = _final_params(tmp_path)
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
   steps, _ = _train_losses(tmp_path)
-  assert steps == [1, 2, 3]  # the bad step is reported, not logged as a loss
+  assert steps == [1, 2, 3, 4]  # step 4's own loss was finite
 
 
 def test_vocab_size_check():

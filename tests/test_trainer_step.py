@@ -124,3 +124,34 @@ def test_microbatches_equal_full_batch_and_frozen_stays_frozen():
 def test_frozen_pattern_must_match():
   with pytest.raises(ValueError, match='match no parameter'):
     _run((1, 1), _adafactor, frozen=('no_such_param',), steps=0)
+
+
+def test_nonfinite_loss_keeps_params_and_optimizer_state():
+  """A NaN in one parameter makes the loss NaN: the step must keep the state."""
+  model = test_utils.tiny_model()
+  part = partitioning.Partitioner(mesh_shape=(1, 1), devices=jax.devices()[:1])
+  opt = lambda params: optimizers.build_optimizer(optimizers.adafactor(),
+                                                  params=params)
+  setup = trainer.setup_state(model, part, opt, _input_shapes(),
+                              jax.random.PRNGKey(0))
+  state = trainer.init_state(model, setup, part, _input_shapes(),
+                             jax.random.PRNGKey(0))
+  step = jax.jit(trainer.make_train_step(model, setup.tx))
+  batch = _host_batches()[0]
+  state, m = step(state, batch, jax.random.PRNGKey(1))  # one good step
+  assert float(m['finite']) == 1.0
+  good = jax.device_get(state)
+  leaves, treedef = jax.tree_util.tree_flatten(good.params)
+  leaves[0] = np.array(leaves[0], copy=True)
+  leaves[0].reshape(-1)[0] = np.nan
+  bad_params = jax.tree_util.tree_unflatten(treedef, leaves)
+  state = good.replace(params=bad_params)
+  new, m = step(state, batch, jax.random.PRNGKey(1))
+  assert float(m['finite']) == 0.0 and not np.isfinite(float(m['loss']))
+  assert int(new.step) == int(good.step) + 1
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(new.params)),
+                  jax.tree_util.tree_leaves(bad_params)):
+    np.testing.assert_array_equal(a, b)  # unchanged (NaN included)
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(new.opt_state)),
+                  jax.tree_util.tree_leaves(good.opt_state)):
+    np.testing.assert_array_equal(a, b)

@@ -72,8 +72,8 @@ def make_train_step(model: model_api.BaseModel,
 
   Gradients of microbatches are summed with `lax.scan`; every microbatch's
   loss is normalised by the *full* batch's normalizer, so the accumulated
-  gradient equals the full-batch gradient. Non-finite loss/gradients/updates
-  leave params and optimizer state unchanged (the step counter still
+  gradient equals the full-batch gradient. A non-finite loss or gradient
+  leaves params and optimizer state unchanged (the step counter still
   advances) and set `metrics['finite'] = 0`.
   """
   n = num_microbatches or 1
@@ -113,12 +113,17 @@ def make_train_step(model: model_api.BaseModel,
 
       (grads, metrics), _ = jax.lax.scan(
           body, (zero_grads, zero_metrics), (jnp.arange(n), mbs))
+    grad_norm = optax.tree.norm(grads)
+    # The guard depends only on the loss and the gradients, never on the
+    # updates: then XLA fuses each `where` into the parameter update itself
+    # (one pass over every parameter). Guarding on the update norm as well
+    # forced every update to be materialised and selected in a second pass,
+    # ~10% of a FLAN-T5-small CPU step. Updates can only be non-finite with
+    # finite gradients through a corrupted optimizer state, which the next
+    # step's loss shows; `train()` also checks the parameters before saving.
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.tree.norm(grads)
-    update_norm = optax.tree.norm(updates)
-    finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm) &
-              jnp.isfinite(update_norm))
     keep = lambda new, old: jax.tree_util.tree_map(
         lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(
@@ -435,6 +440,11 @@ def train(*,
       skip_batches=batches_consumed)
   writer = metrics_lib.MetricsWriter(model_dir, tensorboard=tensorboard)
 
+  # Checked before every save: the in-step guard sees the loss and gradients,
+  # not the updates, so this keeps a bad update out of the checkpoints.
+  all_finite = jax.jit(lambda params: jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)])))
+
   def save(step_now):
     ckpt.save(step_now, state, {'batches_consumed': batches_consumed,
                                 'batch_size': batch_size,
@@ -556,6 +566,10 @@ def train(*,
         if first_bad is not None:
           fail()
       if is_ckpt:
+        if not bool(all_finite(state.params)):
+          first_bad = (step, {'loss': 'finite', 'grad_norm': 'finite, but the '
+                              'update made the parameters non-finite'})
+          fail()
         save(step)
       if eval_period and step % eval_period == 0:
         run_eval(step)
