@@ -28,6 +28,13 @@ the PyTorch process waits on a pipe while recjax runs and vice versa, and the
 repeats alternate (recjax, torch, recjax, torch, ...) so that both see the
 same background load.
 
+Host memory: recjax's entry points tune glibc's malloc (recjax.host_malloc)
+so that XLA:CPU's per-step temporaries are reused instead of being mmap'd and
+page-faulted afresh every step. By default (--malloc_tuning both) the PyTorch
+process gets the same settings through glibc's MALLOC_* variables, so the
+comparison is like for like; PyTorch gains from them too. 'recjax' compares
+recjax as launched with PyTorch as shipped, 'none' uses glibc's defaults.
+
 Tokens: one fixed batch of full-length random token ids in [1, vocab) (no
 padding, no packing), so tokens/step = batch * (inputs_length +
 targets_length), which equals the trainer's `num_tokens` metric (non-padding
@@ -229,7 +236,8 @@ class TorchRunner:
   """The PyTorch helper process, driven over a pipe (see _torch_t5_train.py)."""
 
   def __init__(self, python: str, arch: dict, b: int, li: int, lt: int,
-               warmup: int, threads: int, matmul_size: int, seed: int):
+               warmup: int, threads: int, matmul_size: int, seed: int,
+               malloc_tuning: bool = False):
     cmd = [python, str(HELPER), "--arch", json.dumps(arch),
            "--batch_size", str(b), "--inputs_length", str(li),
            "--targets_length", str(lt), "--warmup_steps", str(warmup),
@@ -241,6 +249,9 @@ class TorchRunner:
     # 3.0 vs 0.1). PASSIVE unless the caller chose a policy.
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if malloc_tuning:  # recjax.host_malloc's settings, via glibc's variables
+      env.update(MALLOC_ARENA_MAX="1", MALLOC_MMAP_MAX_="0",
+                 MALLOC_TRIM_THRESHOLD_=str(2**62))
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True, env=env)
     self.info = self._read()
@@ -303,7 +314,8 @@ def bench_config(name: str, args, torch_python: Optional[str],
     t0 = time.perf_counter()
     torch_runner = TorchRunner(torch_python, hf_arch(cfg), b, li, lt,
                                args.warmup_steps, args.threads,
-                               args.matmul_size, args.seed)
+                               args.matmul_size, args.seed,
+                               malloc_tuning=args.malloc_tuning == "both")
     _log(f"{name}: torch ready in {time.perf_counter() - t0:.1f}s "
          f"({torch_runner.info['params']} params, "
          f"{torch_runner.info['threads']} threads; s/step by threads "
@@ -380,8 +392,10 @@ def main(argv=None) -> dict:
     p.add_argument(f"--{name}_batch", type=int, default=b)
     p.add_argument(f"--{name}_inputs", type=int, default=li)
     p.add_argument(f"--{name}_targets", type=int, default=lt)
-  p.add_argument("--steps", type=int, default=5, help="steps per timed repeat")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--steps", type=int, default=4, help="steps per timed repeat")
+  p.add_argument("--repeats", type=int, default=5,
+                 help="interleaved repeats; the median is reported (timings "
+                 "on shared cloud CPUs drift by 20-30%% within minutes)")
   p.add_argument("--warmup_steps", type=int, default=2,
                  help="untimed steps first (recjax: incl. the compiling one)")
   p.add_argument("--dropout", type=float, default=0.0,
@@ -395,7 +409,19 @@ def main(argv=None) -> dict:
                  "fastest of 1..nproc, timed by the helper after warm-up")
   p.add_argument("--matmul_size", type=int, default=2048)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--malloc_tuning", choices=("both", "recjax", "none"),
+                 default="both",
+                 help="glibc malloc settings of recjax.host_malloc, which "
+                 "recjax's entry points apply: 'both' (default, like for "
+                 "like) = PyTorch's process gets the same settings through "
+                 "glibc's MALLOC_* variables; 'recjax' = recjax as launched "
+                 "vs PyTorch as shipped; 'none' = glibc defaults for both")
   args = p.parse_args(argv)
+  if args.malloc_tuning != "none":
+    # Before JAX starts its threads, exactly as recjax.main does.
+    from recjax import host_malloc  # pylint: disable=g-import-not-at-top
+    if not host_malloc.tune():
+      _log("host_malloc.tune() had no effect (not glibc?)")
 
   torch_python = args.torch_python or None
   if torch_python:
@@ -417,7 +443,8 @@ def main(argv=None) -> dict:
 
   print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; jax "
         f"{jax.__version__}; float32; dropout {args.dropout}; median of "
-        f"{args.repeats} x {args.steps} steps")
+        f"{args.repeats} x {args.steps} steps; malloc tuning: "
+        f"{args.malloc_tuning}")
   head = (f"{'config':<7} {'batch':>5} {'in/tgt':>8} {'recjax tok/s':>13} "
           f"{'pytorch tok/s':>14} {'ratio':>6} {'recjax MFU':>11} "
           f"{'pytorch MFU':>12} {'peak GFLOP/s':>13}")
@@ -439,7 +466,8 @@ def main(argv=None) -> dict:
   result = {"config": main_row["config"],
             "recjax_tokens_per_s": main_row["recjax_tokens_per_s"],
             "pytorch_tokens_per_s": main_row["pytorch_tokens_per_s"],
-            "ratio": main_row["ratio"], "mfu": main_row["mfu"], "rows": rows}
+            "ratio": main_row["ratio"], "mfu": main_row["mfu"],
+            "malloc_tuning": args.malloc_tuning, "rows": rows}
   print(json.dumps(result), flush=True)
   return result
 

@@ -16,8 +16,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from recjax import host_malloc
 from recjax import tf_quiet
 from recjax.train import gin_utils
+
+host_malloc.tune()  # before JAX/TF start threads; see recjax/host_malloc.py
 
 FLAGS = flags.FLAGS
 # ---------------------------------------------------------------- prepare

@@ -11,6 +11,9 @@ import sys
 from typing import Optional, Sequence
 
 import recjax  # noqa: F401  (quiets TensorFlow before it is imported)
+from recjax import host_malloc
+
+host_malloc.tune()  # before JAX/TF start threads; see recjax/host_malloc.py
 from absl import app
 from absl import logging
 import gin
