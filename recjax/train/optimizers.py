@@ -101,8 +101,8 @@ def scale_by_param_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
   Same values as optax.scale_by_param_block_rms, which goes through
   `safe_root_mean_squares`: that makes the rms differentiable at zero with a
   `where` over the whole parameter and a second mean, i.e. two extra passes
-  over every parameter and a parameter-sized temporary per step (about 10% of a
-  FLAN-T5-small step on a CPU). An optimizer is never differentiated, so a
+  over every parameter and a parameter-sized temporary per step (~215 ms of op
+  time in a ~2.4 s FLAN-T5-small CPU step). An optimizer is never differentiated, so a
   plain maximum is exact here.
   """
   def update_fn(updates, state, params):

@@ -117,8 +117,8 @@ def make_train_step(model: model_api.BaseModel,
     # The guard depends only on the loss and the gradients, never on the
     # updates: then XLA fuses each `where` into the parameter update itself
     # (one pass over every parameter). Guarding on the update norm as well
-    # forced every update to be materialised and selected in a second pass,
-    # ~10% of a FLAN-T5-small CPU step. Updates can only be non-finite with
+    # forced every update to be materialised and then selected in a second
+    # pass over all parameters. Updates can only be non-finite with
     # finite gradients through a corrupted optimizer state, which the next
     # step's loss shows; `train()` also checks the parameters before saving.
     finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
@@ -543,9 +543,12 @@ def train(*,
     writer.close()
     ckpt.close()
     last = ckpt.latest_step()
+    what = (f'Non-finite parameters after the update of step {bad_step} '
+            '(its loss and gradients were finite)' if m is None else
+            f'Non-finite loss/gradient at step {bad_step} (loss={m["loss"]}, '
+            f'grad_norm={m["grad_norm"]})')
     raise NonFiniteLossError(
-        f'Non-finite loss/gradient at step {bad_step} (loss={m["loss"]}, '
-        f'grad_norm={m["grad_norm"]}); training stopped. The last good '
+        f'{what}; training stopped. The last good '
         f'checkpoint is step {last} in {ckpt.directory}. Lower the learning '
         'rate, check the data, or use float32 to investigate.')
 
@@ -567,8 +570,7 @@ def train(*,
           fail()
       if is_ckpt:
         if not bool(all_finite(state.params)):
-          first_bad = (step, {'loss': 'finite', 'grad_norm': 'finite, but the '
-                              'update made the parameters non-finite'})
+          first_bad = (step, None)
           fail()
         save(step)
       if eval_period and step % eval_period == 0:
