@@ -155,3 +155,45 @@ def test_nonfinite_loss_keeps_params_and_optimizer_state():
   for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(new.opt_state)),
                   jax.tree_util.tree_leaves(good.opt_state)):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('kwargs', [{}, {'momentum': 0.9,
+                                         'weight_decay_rate': 1e-2}])
+def test_adafactor_equals_optax_adafactor(kwargs):
+  """recjax's Adafactor (own parameter-scale step) gives optax.adafactor's
+  updates bit for bit and the same state tree, so checkpoints interchange."""
+  import optax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  params = {'matrix': rng.normal(size=(256, 160)).astype(np.float32),
+            'vector': rng.normal(size=(160,)).astype(np.float32),
+            'tiny': 1e-5 * rng.normal(size=(4,)).astype(np.float32)}
+  ours = optimizers.adafactor(optimizers.constant(1e-2), **kwargs)
+  ref = optax.adafactor(learning_rate=optimizers.constant(1e-2), **kwargs)
+  s_ours, s_ref = ours.init(params), ref.init(params)
+  assert (jax.tree_util.tree_structure(s_ours) ==
+          jax.tree_util.tree_structure(s_ref))
+  p_ours = p_ref = params
+  for _ in range(3):
+    grads = jax.tree_util.tree_map(
+        lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+    u, s_ours = ours.update(grads, s_ours, p_ours)
+    p_ours = optax.apply_updates(p_ours, u)
+    u, s_ref = ref.update(grads, s_ref, p_ref)
+    p_ref = optax.apply_updates(p_ref, u)
+  for a, b in zip(jax.tree_util.tree_leaves((p_ours, s_ours)),
+                  jax.tree_util.tree_leaves((p_ref, s_ref))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_adafactor_epsilon2_sets_the_minimum_parameter_scale():
+  """A parameter with rms below epsilon2 is scaled by epsilon2 (optax's alias
+  always used 1e-3)."""
+  params = {'w': np.full((4,), 1e-6, np.float32)}
+  grads = {'w': np.ones((4,), np.float32)}
+  steps = {}
+  for eps2 in (1e-3, 1e-1):
+    tx = optimizers.adafactor(optimizers.constant(1.0), epsilon2=eps2,
+                              clipping_threshold=None)
+    u, _ = tx.update(grads, tx.init(params), params)
+    steps[eps2] = float(np.abs(u['w'][0]))
+  np.testing.assert_allclose(steps[1e-1] / steps[1e-3], 100.0, rtol=1e-5)
