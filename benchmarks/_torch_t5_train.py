@@ -10,6 +10,8 @@ ours (both see the same background load):
 
   stdin  "run N"  -> stdout {"seconds": ..., "steps": N, "loss": ...}
   stdin  "matmul" -> stdout {"matmul_gflops": ...} (best of 1..nproc threads)
+  stdin  "floor [[g,m,k,n],...]" -> stdout {"floor_s": ...} (the step's
+         matmuls alone, at the chosen thread count)
   stdin  "quit"   -> exit 0
 
 The first stdout line is {"ready": true, "params": ..., "matmul_gflops": ...,
@@ -47,6 +49,28 @@ def _matmul_gflops(torch, n: int, reps: int) -> float:
     torch.matmul(a, b)
     times.append(time.perf_counter() - t0)
   return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
+def _matmul_floor_s(torch, shapes: list, reps: int) -> float:
+  """Median seconds of the step's matmuls alone: for every forward product
+  X[g,m,k] W[g,k,n], Y = XW, dX = dY W^T and dW = X^T dY (as
+  train_throughput.jax_matmul_floor)."""
+  gen = torch.Generator().manual_seed(0)
+  ops = [(torch.randn(g, m, k, generator=gen), torch.randn(g, k, n, generator=gen),
+          torch.randn(g, m, n, generator=gen)) for g, m, k, n in shapes]
+
+  def once():
+    with torch.no_grad():
+      return [(torch.matmul(x, w), torch.matmul(dy, w.transpose(1, 2)),
+               torch.matmul(x.transpose(1, 2), dy)) for x, w, dy in ops]
+
+  once()
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    once()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -143,6 +167,9 @@ def main(argv=None) -> int:
         best = max(best, _matmul_gflops(torch, args.matmul_size, 5))
       torch.set_num_threads(chosen)
       _emit({"matmul_gflops": best})
+      continue
+    if cmd[0] == "floor":  # at the chosen thread count
+      _emit({"floor_s": _matmul_floor_s(torch, json.loads(cmd[1]), 3)})
       continue
     if cmd[0] != "run" or len(cmd) != 2:
       print(f"_torch_t5_train: bad command {line!r}", file=sys.stderr)

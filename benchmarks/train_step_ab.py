@@ -5,8 +5,11 @@ variants timed one after the other cannot be compared. This starts one
 process per variant (each builds and compiles the same step as
 `train_throughput.py`: FLAN-T5 `--config`, float32, its default batch), then
 times `--steps` steps in each process in turn, `--repeats` times, and prints
-per variant the median and minimum s/step and, per step, the minor page
-faults and kernel seconds of that process.
+per variant the median and minimum s/step, the median over repeats of its
+time divided by the first variant's in the same repeat (paired, so that the
+machine's drift cancels), and per step the user CPU seconds, minor page
+faults and kernel seconds of that process (user CPU shows work removed even
+where it ran beside other work and the wall time cannot show it).
 
 A variant is a string of space-separated KEY=VALUE environment settings;
 ROOT=<dir> runs the recjax checkout in <dir> (e.g. a `git worktree` of an
@@ -53,7 +56,9 @@ def serve(config: str) -> None:
     print(json.dumps({
         "s_per_step": seconds / n,
         "minflt_per_step": (after.ru_minflt - before.ru_minflt) / n,
-        "sys_s_per_step": (after.ru_stime - before.ru_stime) / n}), flush=True)
+        "sys_s_per_step": (after.ru_stime - before.ru_stime) / n,
+        "user_s_per_step": (after.ru_utime - before.ru_utime) / n}),
+          flush=True)
 
 
 def main(argv=None) -> list:
@@ -96,16 +101,25 @@ def main(argv=None) -> list:
     proc.wait()
 
   rows = []
+  base = [o["s_per_step"] for o in runs[0]]
   for variant, out in zip(args.variants, runs):
     s = [o["s_per_step"] for o in out]
     rows.append({"variant": variant, "median_s_per_step": statistics.median(s),
                  "min_s_per_step": min(s),
+                 # Paired: repeat r of this variant ran right after repeat r
+                 # of the first, so the drift of the machine mostly cancels.
+                 "median_ratio_to_first": statistics.median(
+                     a / b for a, b in zip(s, base)),
+                 "user_s_per_step": statistics.median(
+                     o["user_s_per_step"] for o in out),
                  "minflt_per_step": statistics.median(
                      o["minflt_per_step"] for o in out),
                  "sys_s_per_step": statistics.median(
                      o["sys_s_per_step"] for o in out)})
     print(f"{rows[-1]['median_s_per_step']:.3f} s/step median, "
           f"{rows[-1]['min_s_per_step']:.3f} min, "
+          f"x{rows[-1]['median_ratio_to_first']:.3f} of the first (paired), "
+          f"{rows[-1]['user_s_per_step']:.2f} user CPU s/step, "
           f"{rows[-1]['minflt_per_step']:.0f} page faults/step, "
           f"{rows[-1]['sys_s_per_step']:.2f} kernel s/step  [{variant!r}]")
   print(json.dumps(rows))

@@ -59,6 +59,13 @@ Peak: median GFLOP/s of a `--matmul_size` square float32 matmul, timed in JAX
 same machine, re-measured beside every repeat; MFU for both frameworks is
 against the largest of these (the best the machine demonstrably did).
 
+Matmul floor: the step's matmuls alone (every forward product of the FLOPs
+count above, with its two gradient products, as one jitted program in JAX
+and as torch.matmul calls in the PyTorch process), re-measured beside every
+repeat, the fastest kept. No step built on XLA's matmul kernels can be faster
+than its floor, so `ratio_ceiling` = PyTorch's step / XLA's floor bounds the
+ratio any JAX implementation could reach on this machine.
+
   .venv/bin/python benchmarks/train_throughput.py
   .venv/bin/python benchmarks/train_throughput.py --configs small \
       --small_batch 8 --small_inputs 128 --small_targets 32 --steps 5
@@ -84,7 +91,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -133,22 +140,33 @@ def hf_arch(cfg) -> dict:
           "vocab_size": cfg.vocab_size, "dropout_rate": cfg.dropout_rate}
 
 
-def train_flops(cfg, b: int, li: int, lt: int) -> float:
-  """Exact matmul FLOPs of one training step (3 x forward; see module doc)."""
+def forward_matmuls(cfg, b: int, li: int, lt: int) -> list:
+  """(groups, m, k, n) of every matmul of one forward pass, in model order.
+
+  A [groups, m, k] x [groups, k, n] product; weight matmuls have groups=1 and
+  m = tokens, attention's QK^T and AV have groups = batch * heads.
+  """
   d, f, v = cfg.emb_dim, cfg.mlp_dim, cfg.vocab_size
-  hd = cfg.num_heads * cfg.head_dim
+  h, dh = cfg.num_heads, cfg.head_dim
+  hd = h * dh
   n_in = len(cfg.mlp_activations)
 
   def mlp(tokens):
-    return 2 * tokens * d * f * (n_in + 1)
+    return [(1, tokens, d, f)] * n_in + [(1, tokens, f, d)]
 
-  def attn(lq, lk):  # q, o on the queries; k, v on the keys; QK^T and AV.
-    return 2 * b * (2 * lq * d * hd + 2 * lk * d * hd + 2 * lq * lk * hd)
+  def attn(lq, lk):  # q, k, v, QK^T, AV, out
+    return ([(1, b * lq, d, hd), (1, b * lk, d, hd), (1, b * lk, d, hd),
+             (b * h, lq, dh, lk), (b * h, lq, lk, dh), (1, b * lq, hd, d)])
 
-  enc = cfg.num_encoder_layers * (attn(li, li) + mlp(b * li))
-  dec = cfg.num_decoder_layers * (attn(lt, lt) + attn(lt, li) + mlp(b * lt))
-  logits = 2 * b * lt * d * v
-  return 3.0 * (enc + dec + logits)
+  enc = (attn(li, li) + mlp(b * li)) * cfg.num_encoder_layers
+  dec = (attn(lt, lt) + attn(lt, li) + mlp(b * lt)) * cfg.num_decoder_layers
+  return enc + dec + [(1, b * lt, d, v)]
+
+
+def train_flops(cfg, b: int, li: int, lt: int) -> float:
+  """Exact matmul FLOPs of one training step (3 x forward; see module doc)."""
+  return 3.0 * sum(2 * g * m * k * n
+                   for g, m, k, n in forward_matmuls(cfg, b, li, lt))
 
 
 def approx_6nd_flops(cfg, b: int, li: int, lt: int) -> float:
@@ -187,6 +205,48 @@ def jax_matmul_gflops(n: int, reps: int) -> float:
     dot(a, b).block_until_ready()
     times.append(time.perf_counter() - t0)
   return 2.0 * n ** 3 / statistics.median(times) / 1e9
+
+
+def jax_matmul_floor(shapes: list) -> Callable[[int], float]:
+  """Timer (reps -> median seconds) of the training step's matmuls alone.
+
+  For every forward matmul X[g,m,k] W[g,k,n] of `forward_matmuls`: the
+  product, dX = dY W^T and dW = X^T dY (contracting n and m), on random
+  inputs, all outputs returned. Nothing else of the step runs, so no
+  implementation on XLA's matmuls can take less: the step time divided by
+  this is the share of the step spent outside matmul kernels.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  key = jax.random.PRNGKey(0)
+  operands = []
+  for i, (g, m, k, n) in enumerate(shapes):
+    ka, kb, kc = jax.random.split(jax.random.fold_in(key, i), 3)
+    operands.append((jax.random.normal(ka, (g, m, k)),
+                     jax.random.normal(kb, (g, k, n)),
+                     jax.random.normal(kc, (g, m, n))))
+  batch = ((0,), (0,))
+
+  @jax.jit
+  def matmuls(operands):
+    out = []
+    for x, w, dy in operands:
+      out.append(lax.dot_general(x, w, (((2,), (1,)), batch)))   # Y
+      out.append(lax.dot_general(dy, w, (((2,), (2,)), batch)))  # dX
+      out.append(lax.dot_general(x, dy, (((1,), (1,)), batch)))  # dW
+    return out
+
+  def seconds(reps: int) -> float:
+    times = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(matmuls(operands))
+      times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+  seconds(1)  # compile
+  return seconds
 
 
 class RecjaxRunner:
@@ -276,6 +336,11 @@ class TorchRunner:
     self.proc.stdin.flush()
     return self._read()["matmul_gflops"]
 
+  def matmul_floor_s(self, shapes: list) -> float:
+    self.proc.stdin.write(f"floor {json.dumps(shapes, separators=(',', ':'))}\n")
+    self.proc.stdin.flush()
+    return self._read()["floor_s"]
+
   def close(self) -> None:
     if self.proc.poll() is None:
       try:
@@ -332,7 +397,9 @@ def bench_config(name: str, args, torch_python: Optional[str],
     _log(f"{name}: recjax ready in {time.perf_counter() - t0:.1f}s "
          f"(compile + first step {compile_s:.1f}s, {runner.params} params)")
 
-    jt, tt = [], []
+    shapes = forward_matmuls(cfg, b, li, lt)
+    floor = jax_matmul_floor(shapes)
+    jt, tt, jf, tf = [], [], [], []
     jax_peaks, torch_peaks = [jax_peak], []
     if torch_runner:
       torch_peaks.append(torch_runner.info["matmul_gflops"])
@@ -340,8 +407,10 @@ def bench_config(name: str, args, torch_python: Optional[str],
       # The peak is re-measured beside every repeat and the best kept: on a
       # shared machine one early measurement can be far below the real peak.
       jax_peaks.append(jax_matmul_gflops(args.matmul_size, 5))
+      jf.append(floor(3))
       if torch_runner:
         torch_peaks.append(torch_runner.matmul_gflops())
+        tf.append(torch_runner.matmul_floor_s(shapes))
       s, loss = runner.run(args.steps)
       jt.append(s)
       msg = f"{name} repeat {r + 1}/{args.repeats}: recjax {s / args.steps:.3f} s/step (loss {loss:.3f})"
@@ -372,11 +441,15 @@ def bench_config(name: str, args, torch_python: Optional[str],
          "pytorch_mfu": None, "ratio": None,
          "jax_matmul_gflops": jax_peak, "torch_matmul_gflops": torch_peak,
          "peak_gflops": peak, "pytorch_threads": torch_threads,
+         "recjax_matmul_floor_s": min(jf), "pytorch_matmul_floor_s": None,
+         "ratio_ceiling": None,
          "recjax_repeats_s": jt, "pytorch_repeats_s": tt or None}
   if tt:
     t_step = statistics.median(tt) / args.steps
     row.update(pytorch_s_per_step=t_step, pytorch_tokens_per_s=tokens / t_step,
-               pytorch_mfu=flops / t_step / 1e9 / peak, ratio=t_step / j_step)
+               pytorch_mfu=flops / t_step / 1e9 / peak, ratio=t_step / j_step,
+               pytorch_matmul_floor_s=min(tf),
+               ratio_ceiling=t_step / min(jf))
   return row
 
 
@@ -462,11 +535,20 @@ def main(argv=None) -> dict:
           f"({r['gflop_per_step_6nd']:.1f} by 6*N*D); peak = max(jnp.dot "
           f"{r['jax_matmul_gflops']:.1f}, torch.matmul "
           f"{_fmt(r['torch_matmul_gflops'], '.1f')}) GFLOP/s")
+  for r in rows:
+    print(f"{r['config']}: matmuls alone (forward + both gradients, no other "
+          f"op) {r['recjax_matmul_floor_s']:.3f} s in XLA, "
+          f"{_fmt(r['pytorch_matmul_floor_s'], '.3f')} s in torch; full step "
+          f"{r['recjax_s_per_step']:.3f} s recjax, "
+          f"{_fmt(r['pytorch_s_per_step'], '.3f')} s PyTorch; ratio ceiling "
+          f"(PyTorch step / XLA matmuls alone) "
+          f"{_fmt(r['ratio_ceiling'], '.2f')}")
   main_row = next((r for r in rows if r["config"] == "small"), rows[-1])
   result = {"config": main_row["config"],
             "recjax_tokens_per_s": main_row["recjax_tokens_per_s"],
             "pytorch_tokens_per_s": main_row["pytorch_tokens_per_s"],
             "ratio": main_row["ratio"], "mfu": main_row["mfu"],
+            "ratio_ceiling": main_row["ratio_ceiling"],
             "malloc_tuning": args.malloc_tuning, "rows": rows}
   print(json.dumps(result), flush=True)
   return result

@@ -160,11 +160,15 @@ def test_nonfinite_loss_keeps_params_and_optimizer_state():
 @pytest.mark.parametrize('kwargs', [{}, {'momentum': 0.9,
                                          'weight_decay_rate': 1e-2}])
 def test_adafactor_equals_optax_adafactor(kwargs):
-  """recjax's Adafactor (own parameter-scale step) gives optax.adafactor's
-  updates bit for bit and the same state tree, so checkpoints interchange."""
+  """recjax's Adafactor (own factored-moment and parameter-scale steps) gives
+  optax.adafactor's values and the same state tree, so checkpoints
+  interchange. Unfactored parameters match bit for bit; factored ones to
+  float32 rounding (a column mean is summed as a matrix-vector product)."""
   import optax  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   params = {'matrix': rng.normal(size=(256, 160)).astype(np.float32),
+            'cube': rng.normal(size=(130, 3, 200)).astype(np.float32),
+            'wide': rng.normal(size=(130, 16400)).astype(np.float32),
             'vector': rng.normal(size=(160,)).astype(np.float32),
             'tiny': 1e-5 * rng.normal(size=(4,)).astype(np.float32)}
   ours = optimizers.adafactor(optimizers.constant(1e-2), **kwargs)
@@ -180,9 +184,28 @@ def test_adafactor_equals_optax_adafactor(kwargs):
     p_ours = optax.apply_updates(p_ours, u)
     u, s_ref = ref.update(grads, s_ref, p_ref)
     p_ref = optax.apply_updates(p_ref, u)
-  for a, b in zip(jax.tree_util.tree_leaves((p_ours, s_ours)),
-                  jax.tree_util.tree_leaves((p_ref, s_ref))):
-    np.testing.assert_array_equal(a, b)
+  for key in ('vector', 'tiny'):
+    np.testing.assert_array_equal(p_ours[key], p_ref[key])
+  for key in ('matrix', 'cube', 'wide'):
+    np.testing.assert_allclose(p_ours[key], p_ref[key], rtol=0, atol=1e-6)
+    assert np.abs(p_ours[key] - params[key]).mean() > 1e-3  # it trained
+  for a, b in zip(jax.tree_util.tree_leaves(s_ours),
+                  jax.tree_util.tree_leaves(s_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_adafactor_mean_matches_float64_on_both_paths():
+  """`_mean` equals the float64 mean to float32 rounding, both where it is a
+  dot with ones (a major axis with >= 16k kept elements, also the middle
+  axis of a 3-D array) and where it is jnp.mean."""
+  rng = np.random.default_rng(1)
+  for shape, axis in (((16, 20000), 0), ((8, 3, 6000), 0), ((8, 3, 6000), 1),
+                      ((8, 3, 6000), 2), ((256, 160), 0)):
+    x = rng.uniform(size=shape).astype(np.float32)
+    ours = optimizers._mean(jax.numpy.asarray(x), axis)  # pylint: disable=protected-access
+    assert ours.shape == tuple(d for i, d in enumerate(shape) if i != axis)
+    np.testing.assert_allclose(ours, x.astype(np.float64).mean(axis=axis),
+                               rtol=2e-6)
 
 
 def test_adafactor_epsilon2_sets_the_minimum_parameter_scale():
