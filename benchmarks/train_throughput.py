@@ -75,8 +75,9 @@ Reference venv (torch is never a recjax dependency; the CPU wheel is pinned):
   /tmp/refvenv/bin/pip install torch==2.13.0 'transformers<5' safetensors
 
 The last stdout line is one JSON object: config, recjax_tokens_per_s,
-pytorch_tokens_per_s, ratio (recjax / pytorch), mfu (recjax's) for the
-'small' row (the last row if 'small' was not run), plus `rows` with all rows.
+pytorch_tokens_per_s, ratio (recjax / pytorch), mfu (recjax's),
+ratio_ceiling for the 'small' row (the last row if 'small' was not run),
+malloc_tuning, plus `rows` with all rows.
 Goal: ratio >= 1.5 for small.
 """
 from __future__ import annotations
