@@ -208,6 +208,21 @@ def test_adafactor_mean_matches_float64_on_both_paths():
                                rtol=2e-6)
 
 
+def test_adafactor_mean_on_a_mesh_equals_unsharded():
+  """The dot-with-ones mean of a wide kernel sharded on a (2, 4) mesh over
+  both axes (so the contracted axis is split too) equals the unsharded one."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4),
+                           ('data', 'model'))
+  x = np.random.default_rng(2).uniform(size=(16, 20000)).astype(np.float32)
+  sharded = jax.device_put(x, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec('data', 'model')))
+  mean = jax.jit(lambda a: optimizers._mean(a, 0))  # pylint: disable=protected-access
+  np.testing.assert_allclose(mean(sharded), mean(jax.numpy.asarray(x)),
+                             rtol=1e-6)
+  np.testing.assert_allclose(mean(sharded), x.astype(np.float64).mean(0),
+                             rtol=2e-6)
+
+
 def test_adafactor_epsilon2_sets_the_minimum_parameter_scale():
   """A parameter with rms below epsilon2 is scaled by epsilon2 (optax's alias
   always used 1e-3)."""

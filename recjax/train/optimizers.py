@@ -97,6 +97,10 @@ def adafactor(learning_rate: Optional[Schedule] = None,
   return optax.chain(*tx)
 
 
+# Kept elements from which a major-axis mean is taken as a dot (see _mean).
+_WIDE = 1 << 14
+
+
 def _mean(x: jax.Array, axis: int) -> jax.Array:
   """Mean over `axis`; over a major axis of a wide array, as a dot with ones.
 
@@ -115,9 +119,6 @@ def _mean(x: jax.Array, axis: int) -> jax.Array:
   return total / x.shape[axis]
 
 
-_WIDE = 1 << 14
-
-
 def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8,
                           step_offset: int = 0,
                           min_dim_size_to_factor: int = 128,
@@ -126,8 +127,8 @@ def scale_by_factored_rms(factored: bool = True, decay_rate: float = 0.8,
   """optax.scale_by_factored_rms (Adafactor's second moments), same state.
 
   The row and column means of the squared gradient go through `_mean`, so
-  the one over a major axis is a matrix-vector product; everything else is
-  optax's arithmetic, and `init` is optax's own.
+  a wide one over a major axis is a matrix-vector product; everything else
+  is optax's arithmetic, and `init` is optax's own.
   """
   reference = optax.scale_by_factored_rms(
       factored, decay_rate, step_offset, min_dim_size_to_factor, epsilon)
