@@ -8,7 +8,8 @@ it (`op_name` metadata). Prints:
 
 * the step's wall time while traced, and total op time split into matmuls
   (dot_general) and everything else, model vs optimizer;
-* the `--top` non-matmul ops (layer numbers folded: `layers_N`).
+* the `--top` non-matmul ops by JAX op and result shape, with their thunk
+  counts (layer numbers folded: `layers_N`).
 
 Op time exceeds wall time because XLA:CPU runs independent thunks side by
 side on the cores, and a thunk that waits for a core is charged for the
@@ -52,14 +53,15 @@ def thunk_times(trace_dir: str) -> collections.Counter:
 
 
 def hlo_op_names(hlo_text: str) -> dict:
-  """Instruction name -> JAX op_name, for the entry computation."""
+  """Instruction name -> (JAX op_name, result shape), entry computation."""
   entry = hlo_text[hlo_text.index("ENTRY"):]
   names = {}
   for line in entry.split("\n"):
-    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ \w+\(", line)
+    m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) \w+\(", line)
     if m:
       op = re.search(r'op_name="([^"]*)"', line)
-      names[m.group(1)] = op.group(1) if op else ""
+      names[m.group(1)] = (op.group(1) if op else "",
+                           re.sub(r"\{.*\}", "", m.group(2)))
   return names
 
 
@@ -91,31 +93,38 @@ def main(argv=None) -> dict:
 
   split = collections.Counter()
   others = collections.Counter()
+  count = collections.Counter()
   for thunk, us in times.items():
     if thunk not in names:
       continue  # runtime events (executor, waits), not ops
-    op = names[thunk]
+    op, shape = names[thunk]
     part = "model" if "Transformer" in op else "optimizer+loss"
     kind = "matmul" if (op.endswith("dot_general") or
                         thunk.startswith("dot")) else "other"
     ms = us / 1e3 / args.steps
     split[(part, kind)] += ms
+    count[(part, kind)] += 1
     if kind == "other":
       short = re.sub(r"layers_\d+", "layers_N",
                      re.sub(r"^.*?Transformer\.", "", op).replace(
                          "jit(step_fn)/", ""))
-      others[f"{short or '(no op_name)'} [{part}]"] += ms
+      key = f"{short or '(no op_name)'} {shape} [{part}]"
+      others[key] += ms
+      count[key] += 1
 
   total = sum(split.values())
   print(f"{args.config}: {wall:.3f} s/step wall while traced; "
         f"{total:.0f} ms of op time per step")
-  print(f"{'part':<16} {'matmul ms':>10} {'other ms':>10}")
+  print(f"{'part':<16} {'matmul ms':>10} {'thunks':>7} {'other ms':>10} "
+        f"{'thunks':>7}")
   for part in ("model", "optimizer+loss"):
     print(f"{part:<16} {split[(part, 'matmul')]:>10.0f} "
-          f"{split[(part, 'other')]:>10.0f}")
-  print(f"\ntop {args.top} non-matmul ops (ms of op time per step):")
+          f"{count[(part, 'matmul')]:>7} {split[(part, 'other')]:>10.0f} "
+          f"{count[(part, 'other')]:>7}")
+  print(f"\ntop {args.top} non-matmul ops, by op and result shape (ms of op "
+        "time per step, thunks):")
   for op, ms in others.most_common(args.top):
-    print(f"{ms:8.1f}  {op[-100:]}")
+    print(f"{ms:8.1f} {count[op]:5d}  {op[-110:]}")
   result = {"config": args.config, "wall_s_per_step": wall,
             "op_ms_per_step": total,
             "split_ms": {f"{p}/{k}": v for (p, k), v in split.items()}}

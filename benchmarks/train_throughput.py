@@ -544,6 +544,13 @@ def main(argv=None) -> dict:
           f"{_fmt(r['pytorch_s_per_step'], '.3f')} s PyTorch; ratio ceiling "
           f"(PyTorch step / XLA matmuls alone) "
           f"{_fmt(r['ratio_ceiling'], '.2f')}")
+    if r["pytorch_s_per_step"] is not None:
+      j_out = r["recjax_s_per_step"] - r["recjax_matmul_floor_s"]
+      t_out = r["pytorch_s_per_step"] - r["pytorch_matmul_floor_s"]
+      room = r["pytorch_s_per_step"] / 1.5 - r["recjax_matmul_floor_s"]
+      print(f"{r['config']}: outside the matmul kernels: recjax {j_out:.3f} s,"
+            f" PyTorch {t_out:.3f} s per step; a 1.5x step would leave "
+            f"{room:.3f} s for it")
   main_row = next((r for r in rows if r["config"] == "small"), rows[-1])
   result = {"config": main_row["config"],
             "recjax_tokens_per_s": main_row["recjax_tokens_per_s"],
