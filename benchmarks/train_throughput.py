@@ -61,8 +61,8 @@ against the largest of these (the best the machine demonstrably did).
 
 Matmul floor: the step's matmuls alone (every forward product of the FLOPs
 count above, with its two gradient products, as one jitted program in JAX
-and as torch.matmul calls in the PyTorch process), re-measured beside every
-repeat, the fastest kept. No step built on XLA's matmul kernels can be faster
+and as torch.matmul calls in the PyTorch process), measured --repeats times
+before the warm-up steps, the fastest kept. No step built on XLA's matmul kernels can be faster
 than its floor, so `ratio_ceiling` = PyTorch's step / XLA's floor bounds the
 ratio any JAX implementation could reach on this machine.
 
@@ -393,14 +393,19 @@ def bench_config(name: str, args, torch_python: Optional[str],
                                           args.seed), args.seed)
     runner.run(1)  # compile
     compile_s = time.perf_counter() - t0
+    # The matmul floors before the warm-up, so that their large buffers are
+    # allocated before, not between, the timed repeats.
+    shapes = forward_matmuls(cfg, b, li, lt)
+    floor = jax_matmul_floor(shapes)
+    jf = [floor(3) for _ in range(args.repeats)]
+    tf = ([torch_runner.matmul_floor_s(shapes) for _ in range(args.repeats)]
+          if torch_runner else [])
     if args.warmup_steps > 1:
       runner.run(args.warmup_steps - 1)
     _log(f"{name}: recjax ready in {time.perf_counter() - t0:.1f}s "
          f"(compile + first step {compile_s:.1f}s, {runner.params} params)")
 
-    shapes = forward_matmuls(cfg, b, li, lt)
-    floor = jax_matmul_floor(shapes)
-    jt, tt, jf, tf = [], [], [], []
+    jt, tt = [], []
     jax_peaks, torch_peaks = [jax_peak], []
     if torch_runner:
       torch_peaks.append(torch_runner.info["matmul_gflops"])
@@ -408,10 +413,8 @@ def bench_config(name: str, args, torch_python: Optional[str],
       # The peak is re-measured beside every repeat and the best kept: on a
       # shared machine one early measurement can be far below the real peak.
       jax_peaks.append(jax_matmul_gflops(args.matmul_size, 5))
-      jf.append(floor(3))
       if torch_runner:
         torch_peaks.append(torch_runner.matmul_gflops())
-        tf.append(torch_runner.matmul_floor_s(shapes))
       s, loss = runner.run(args.steps)
       jt.append(s)
       msg = f"{name} repeat {r + 1}/{args.repeats}: recjax {s / args.steps:.3f} s/step (loss {loss:.3f})"
@@ -470,8 +473,10 @@ def main(argv=None) -> dict:
   p.add_argument("--repeats", type=int, default=5,
                  help="interleaved repeats; the median is reported (timings "
                  "on shared cloud CPUs drift by 20-30%% within minutes)")
-  p.add_argument("--warmup_steps", type=int, default=2,
-                 help="untimed steps first (recjax: incl. the compiling one)")
+  p.add_argument("--warmup_steps", type=int, default=5,
+                 help="untimed steps first, for both (recjax: incl. the "
+                 "compiling one); recjax's first 3-4 tiny steps ran 2-3x "
+                 "slower than the later ones")
   p.add_argument("--dropout", type=float, default=0.0,
                  help="dropout rate for both frameworks (T5X fine-tuning: 0.1)")
   p.add_argument("--dtype", default="float32",
