@@ -113,8 +113,9 @@ def main(argv=None) -> dict:
       count[key] += 1
 
   total = sum(split.values())
+  n_params = len(jax.tree_util.tree_leaves(runner.state.params))
   print(f"{args.config}: {wall:.3f} s/step wall while traced; "
-        f"{total:.0f} ms of op time per step")
+        f"{total:.0f} ms of op time per step; {n_params} parameters")
   print(f"{'part':<16} {'matmul ms':>10} {'thunks':>7} {'other ms':>10} "
         f"{'thunks':>7}")
   for part in ("model", "optimizer+loss"):
@@ -126,6 +127,7 @@ def main(argv=None) -> dict:
   for op, ms in others.most_common(args.top):
     print(f"{ms:8.1f} {count[op]:5d}  {op[-110:]}")
   result = {"config": args.config, "wall_s_per_step": wall,
+            "parameters": n_params,
             "op_ms_per_step": total,
             "split_ms": {f"{p}/{k}": v for (p, k), v in split.items()}}
   print(json.dumps(result))

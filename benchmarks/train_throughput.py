@@ -62,9 +62,9 @@ against the largest of these (the best the machine demonstrably did).
 Matmul floor: the step's matmuls alone (every forward product of the FLOPs
 count above, with its two gradient products, as one jitted program in JAX
 and as torch.matmul calls in the PyTorch process), measured --repeats times
-before the warm-up steps, the fastest kept. No step built on XLA's matmul kernels can be faster
-than its floor, so `ratio_ceiling` = PyTorch's step / XLA's floor bounds the
-ratio any JAX implementation could reach on this machine.
+before the warm-up steps, the fastest kept. A step that runs these products
+on XLA's matmul kernels cannot be faster than its floor, so `ratio_ceiling`
+= PyTorch's step / XLA's floor bounds the ratio such a step could reach.
 
   .venv/bin/python benchmarks/train_throughput.py
   .venv/bin/python benchmarks/train_throughput.py --configs small \
@@ -213,9 +213,9 @@ def jax_matmul_floor(shapes: list) -> Callable[[int], float]:
 
   For every forward matmul X[g,m,k] W[g,k,n] of `forward_matmuls`: the
   product, dX = dY W^T and dW = X^T dY (contracting n and m), on random
-  inputs, all outputs returned. Nothing else of the step runs, so no
-  implementation on XLA's matmuls can take less: the step time divided by
-  this is the share of the step spent outside matmul kernels.
+  inputs, all outputs returned. Nothing else of the step runs, so no step
+  on XLA's matmuls can take less: the step time minus this is the time
+  spent outside the matmul kernels.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

@@ -3,11 +3,11 @@
 XLA:CPU allocates each execution's temporaries as one block (about 0.8 GB for
 a FLAN-T5-small training step at batch 8 x (128 + 32)) and frees it when the
 step ends. glibc serves blocks that large with mmap and returns them with
-munmap, so every step first-touches ~200k new pages: measured here, 0.57 s of
-kernel time per 2.1 s step. With mmap disabled, a single arena (other arenas fall back to mmap for
-blocks above 64 MiB) and no trimming, the block is reused from step to step:
-no page faults, and 15-20% less wall time per CPU training step
-(benchmarks/README.md). The cost is that freed memory stays in the process for
+munmap, so every step first-touches ~200k new pages (1.77 s of kernel time
+per 3.26 s step in one A/B). With mmap disabled, a single arena (other
+arenas fall back to mmap for blocks above 64 MiB) and no trimming, the block
+is reused from step to step: no page faults, and 17-23% less wall time per
+CPU training step (benchmarks/README.md). The cost is that freed memory stays in the process for
 reuse (peak RSS is kept), as with tcmalloc.
 
 `tune()` is called by recjax's entry points (`recjax.main`, the train and
