@@ -65,6 +65,10 @@ and as torch.matmul calls in the PyTorch process), measured --repeats times
 before the warm-up steps, the fastest kept. A step that runs these products
 on XLA's matmul kernels cannot be faster than its floor, so `ratio_ceiling`
 = PyTorch's step / XLA's floor bounds the ratio such a step could reach.
+The floors are timed again after each repeat's steps, and the time outside
+the matmul kernels is the median step minus the median of these interleaved
+floors (the machine drifts by 20-30% within minutes, so the fastest floor,
+timed minutes earlier, would overstate it).
 
   .venv/bin/python benchmarks/train_throughput.py
   .venv/bin/python benchmarks/train_throughput.py --configs small \
@@ -405,7 +409,7 @@ def bench_config(name: str, args, torch_python: Optional[str],
     _log(f"{name}: recjax ready in {time.perf_counter() - t0:.1f}s "
          f"(compile + first step {compile_s:.1f}s, {runner.params} params)")
 
-    jt, tt = [], []
+    jt, tt, jfi, tfi = [], [], [], []  # steps; floors interleaved with them
     jax_peaks, torch_peaks = [jax_peak], []
     if torch_runner:
       torch_peaks.append(torch_runner.info["matmul_gflops"])
@@ -417,10 +421,12 @@ def bench_config(name: str, args, torch_python: Optional[str],
         torch_peaks.append(torch_runner.matmul_gflops())
       s, loss = runner.run(args.steps)
       jt.append(s)
+      jfi.append(floor(1))
       msg = f"{name} repeat {r + 1}/{args.repeats}: recjax {s / args.steps:.3f} s/step (loss {loss:.3f})"
       if torch_runner:
         s, loss = torch_runner.run(args.steps)
         tt.append(s)
+        tfi.append(torch_runner.matmul_floor_s(shapes))
         msg += f", pytorch {s / args.steps:.3f} s/step (loss {loss:.3f})"
       _log(msg)
     jax_peak = max(jax_peaks)
@@ -446,6 +452,8 @@ def bench_config(name: str, args, torch_python: Optional[str],
          "jax_matmul_gflops": jax_peak, "torch_matmul_gflops": torch_peak,
          "peak_gflops": peak, "pytorch_threads": torch_threads,
          "recjax_matmul_floor_s": min(jf), "pytorch_matmul_floor_s": None,
+         "recjax_matmul_floor_interleaved_s": statistics.median(jfi),
+         "pytorch_matmul_floor_interleaved_s": None,
          "ratio_ceiling": None,
          "recjax_repeats_s": jt, "pytorch_repeats_s": tt or None}
   if tt:
@@ -453,6 +461,7 @@ def bench_config(name: str, args, torch_python: Optional[str],
     row.update(pytorch_s_per_step=t_step, pytorch_tokens_per_s=tokens / t_step,
                pytorch_mfu=flops / t_step / 1e9 / peak, ratio=t_step / j_step,
                pytorch_matmul_floor_s=min(tf),
+               pytorch_matmul_floor_interleaved_s=statistics.median(tfi),
                ratio_ceiling=t_step / min(jf))
   return row
 
@@ -550,12 +559,15 @@ def main(argv=None) -> dict:
           f"(PyTorch step / XLA matmuls alone) "
           f"{_fmt(r['ratio_ceiling'], '.2f')}")
     if r["pytorch_s_per_step"] is not None:
-      j_out = r["recjax_s_per_step"] - r["recjax_matmul_floor_s"]
-      t_out = r["pytorch_s_per_step"] - r["pytorch_matmul_floor_s"]
-      room = r["pytorch_s_per_step"] / 1.5 - r["recjax_matmul_floor_s"]
-      print(f"{r['config']}: outside the matmul kernels: recjax {j_out:.3f} s,"
-            f" PyTorch {t_out:.3f} s per step; a 1.5x step would leave "
-            f"{room:.3f} s for it")
+      jf, tf = (r["recjax_matmul_floor_interleaved_s"],
+                r["pytorch_matmul_floor_interleaved_s"])
+      j_out = r["recjax_s_per_step"] - jf
+      t_out = r["pytorch_s_per_step"] - tf
+      room = r["pytorch_s_per_step"] / 1.5 - jf
+      print(f"{r['config']}: matmuls alone, timed after each repeat's steps "
+            f"(median): {jf:.3f} s in XLA, {tf:.3f} s in torch; outside the "
+            f"matmul kernels: recjax {j_out:.3f} s, PyTorch {t_out:.3f} s per "
+            f"step; a 1.5x step would leave {room:.3f} s for it")
   main_row = next((r for r in rows if r["config"] == "small"), rows[-1])
   result = {"config": main_row["config"],
             "recjax_tokens_per_s": main_row["recjax_tokens_per_s"],
