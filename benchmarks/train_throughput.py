@@ -87,7 +87,6 @@ Goal: ratio >= 1.5 for small.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -222,7 +221,6 @@ def jax_matmul_floor(shapes: list) -> Callable[[int], float]:
   spent outside the matmul kernels.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
   key = jax.random.PRNGKey(0)
   operands = []

@@ -10,16 +10,16 @@ register the default locations at import time.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pathlib
 import re
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
 
 from recjax.prompts import ALL_TASKS, AUX_TASKS, REC_TASKS, TASK_SPLITS
+from recjax.prompts.export import read_manifest
 # Layering exception: recjax.infer.metrics is pure numpy (no recjax.train, no
 # JAX), so seqio_tasks may attach its metric fns to the tasks it registers.
 from recjax.infer import metrics as rec_metrics
@@ -48,13 +48,6 @@ FEATURE_DESCRIPTION = {
                                     default_value=float("nan")),
     "candidates": tf.io.VarLenFeature(tf.string),
 }
-
-
-def read_manifest(prepared_dir: str | os.PathLike) -> dict[str, Any] | None:
-  path = pathlib.Path(prepared_dir).expanduser() / "tasks" / "manifest.json"
-  if not path.is_file():
-    return None
-  return json.loads(path.read_text(encoding="utf-8"))
 
 
 class PreparedTaskSource(seqio.TFExampleDataSource):

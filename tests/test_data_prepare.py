@@ -6,6 +6,7 @@ import pytest
 
 from recjax.data import prepare
 from recjax.data.errors import DataError
+from recjax.data import prepared
 from recjax.data.prepared import PreparedData
 from test_data_loaders import write  # pylint: disable=g-bad-import-order
 
@@ -173,3 +174,21 @@ def test_argument_checks():
     prepare.build_prepared("synthetic", None, on_error="ignore")
   with pytest.raises(ValueError, match="needs an input path"):
     prepare.build_prepared("movielens", None)
+
+
+def test_read_items_names_file_and_line(tmp_path):
+  path, opts = _log(tmp_path, [("u", "a", 1, 5), ("u", "b", 2, 4)])
+  out = tmp_path / "prepared"
+  p = prepare.prepare_dataset("csv", path, out, kcore=0, name="tiny",
+                              options=opts)
+  assert prepared.read_items(out) == p.items
+  items = out / "items.jsonl"
+  lines = items.read_text().splitlines()
+  items.write_text(lines[0] + "\n{oops\n")
+  with pytest.raises(ValueError, match=r"items.jsonl:2: not JSON"):
+    prepared.read_items(out)
+  items.write_text(lines[0] + '\n{"index": 1, "title": "b"}\n')
+  with pytest.raises(ValueError, match=r"items.jsonl:2: field 'id' missing"):
+    PreparedData.load(out)
+  with pytest.raises(FileNotFoundError, match="run `recjax prepare`"):
+    prepared.read_items(tmp_path / "nothing")

@@ -50,6 +50,7 @@ def test_manifest_and_files(prepared):
   directory, data, manifest, _ = prepared
   on_disk = json.loads((directory / "tasks/manifest.json").read_text())
   assert on_disk == json.loads(json.dumps(manifest))
+  assert registry.read_manifest(directory) == on_disk
   assert set(manifest["tasks"]) == set(TASKS)
   assert manifest["splits"]["mlm"] == ["train", "validation"]
   assert (directory / "vocab/spiece.model").is_file()
@@ -219,3 +220,15 @@ def test_parallel_sharded_export_equals_serial(tmp_path):
       assert sorted(a) == sorted(b), (task, split)
   assert ((serial / "vocab/spiece.model").read_bytes() ==
           (parallel / "vocab/spiece.model").read_bytes())
+
+
+def test_read_manifest_errors(tmp_path):
+  assert registry.read_manifest(tmp_path) is None  # not written yet
+  path = tmp_path / "tasks" / "manifest.json"
+  path.parent.mkdir()
+  path.write_text('{"format": "recjax.tasks/0"}')
+  with pytest.raises(ValueError, match=r"manifest.json: format 'recjax.tasks/0'"):
+    registry.read_manifest(tmp_path)
+  path.write_text('{\n  "format": \n}')
+  with pytest.raises(ValueError, match=r"manifest.json:3: not JSON"):
+    registry.read_manifest(tmp_path)

@@ -151,10 +151,7 @@ class PreparedData:
     stats_path = directory / "stats.json"
     stats = (json.loads(stats_path.read_text(encoding="utf-8"))
              if stats_path.is_file() else {})
-    items = []
-    with open(directory / "items.jsonl", encoding="utf-8") as f:
-      for rec in map(json.loads, f):
-        items.append({k: rec.get(k) for k in ITEM_FIELDS})
+    items = read_items(directory)
     with open(directory / "users.jsonl", encoding="utf-8") as f:
       user_ids = [json.loads(line)["id"] for line in f]
     with np.load(directory / "sequences.npz") as z:
@@ -190,6 +187,34 @@ class PreparedData:
     return cls(name=name, items=full_items, user_ids=list(user_ids),
                user_ptr=ptr, seq_items=flat, seq_timestamps=ts,
                seq_ratings=rt, **kwargs)
+
+
+def items_file(directory: str | os.PathLike) -> pathlib.Path:
+  """The catalogue file of a prepared directory (readers cache on its mtime)."""
+  return pathlib.Path(directory) / "items.jsonl"
+
+
+def read_items(directory: str | os.PathLike) -> list[dict[str, Any]]:
+  """The items of a prepared directory, in index order (keys ITEM_FIELDS).
+
+  Evaluation needs only the catalogue, not the interaction arrays, so this
+  reads `items.jsonl` alone. A malformed line raises with the file and line.
+  """
+  path = items_file(directory)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no items; is {directory} a prepared "
+                            "directory? (run `recjax prepare` first)")
+  items = []
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: not JSON ({e.msg})") from None
+      if not isinstance(rec, dict) or rec.get("id") is None:
+        raise ValueError(f"{path}:{line_no}: field 'id' missing")
+      items.append({k: rec.get(k) for k in ITEM_FIELDS})
+  return items
 
 
 class atomic_directory:  # pylint: disable=invalid-name

@@ -36,11 +36,13 @@ import jax
 import numpy as np
 import seqio
 
+from recjax.data import prepared as prepared_lib
 from recjax.data.prepared import atomic_write
 from recjax.infer import metrics as rec_metrics
 from recjax.infer import predict as predict_lib
 from recjax.infer import trie as trie_lib
 from recjax.prompts import common as prompt_common
+from recjax.prompts import export
 from recjax.train import metrics_writer as metrics_writer_lib
 from recjax.train import model_api
 from recjax.train import partitioning
@@ -124,8 +126,8 @@ _CATALOGUES: dict[tuple, Catalogue] = {}
 def load_catalogue(prepared_dir: os.PathLike | str) -> Catalogue:
   """Items of a prepared dir with the manifest's `item_format` (cached)."""
   d = pathlib.Path(prepared_dir).expanduser().resolve()
-  items_path = d / 'items.jsonl'
-  manifest_path = d / 'tasks' / 'manifest.json'
+  items_path = prepared_lib.items_file(d)
+  manifest_path = export.manifest_file(d)
   if not items_path.is_file():
     raise FileNotFoundError(f'{items_path}: no items (evaluation needs the '
                             'catalogue of the prepared directory)')
@@ -133,17 +135,13 @@ def load_catalogue(prepared_dir: os.PathLike | str) -> Catalogue:
          manifest_path.stat().st_mtime_ns if manifest_path.is_file() else 0)
   if key in _CATALOGUES:
     return _CATALOGUES[key]
-  fmt = 'title_id'
-  if manifest_path.is_file():
-    manifest = json.loads(manifest_path.read_text(encoding='utf-8'))
-    fmt = manifest.get('config', {}).get('item_format', fmt)
+  manifest = export.read_manifest(d) or {}
+  fmt = manifest.get('config', {}).get('item_format', 'title_id')
   ids, texts = [], []
-  with open(items_path, encoding='utf-8') as f:
-    for line in f:
-      rec = json.loads(line)
-      ids.append(str(rec['id']))
-      texts.append(prompt_common.target_text(
-          str(rec['id']), prompt_common.clean_text(rec.get('title')), fmt))
+  for item in prepared_lib.read_items(d):
+    ids.append(str(item['id']))
+    texts.append(prompt_common.target_text(
+        str(item['id']), prompt_common.clean_text(item.get('title')), fmt))
   cat = Catalogue(key=f'{d}:{fmt}', ids=ids, texts=texts, item_format=fmt)
   _CATALOGUES[key] = cat
   return cat

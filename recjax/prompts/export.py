@@ -399,9 +399,30 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
       "skipped_tasks": skipped,
       "seconds": round(time.perf_counter() - start, 3),
   }
-  with open(directory / "tasks" / "manifest.json", "w", encoding="utf-8") as f:
+  with open(manifest_file(directory), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2, sort_keys=True)
     f.write("\n")
+  return manifest
+
+
+def manifest_file(prepared_dir: str | os.PathLike) -> pathlib.Path:
+  """Where `write_task_files` records what it wrote (readers cache on it)."""
+  return pathlib.Path(prepared_dir).expanduser() / "tasks" / "manifest.json"
+
+
+def read_manifest(prepared_dir: str | os.PathLike) -> dict[str, Any] | None:
+  """The task manifest of a prepared directory; None if none was written."""
+  path = manifest_file(prepared_dir)
+  if not path.is_file():
+    return None
+  try:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+  if manifest.get("format") != MANIFEST_FORMAT:
+    raise ValueError(f"{path}: format {manifest.get('format')!r}, this "
+                     f"recjax reads {MANIFEST_FORMAT!r}; re-run `recjax "
+                     "prepare`")
   return manifest
 
 
