@@ -147,15 +147,19 @@ def _chi2(counts, probs):
   return float(((counts - expected) ** 2 / expected).sum())
 
 
-@pytest.mark.parametrize('temperature,topk', [(1.0, 0), (0.5, 0), (1.0, 2)])
-def test_sampling_draws_from_the_right_distribution(temperature, topk):
+@pytest.mark.parametrize('temperature,topk,per_example', [
+    (1.0, 0, False), (0.5, 0, False), (1.0, 2, False), (1.0, 0, True),
+    (1.0, 2, True)])
+def test_sampling_draws_from_the_right_distribution(temperature, topk,
+                                                    per_example):
   n = 4000
   sample = jax.jit(functools.partial(
       decoding.temperature_sample, tokens_to_logits=_table_step, batch_size=2,
       max_decode_len=2, temperature=temperature, topk=topk,
       num_decodes=n // 2))
-  seqs, log_probs = sample(jnp.zeros((2,), jnp.int32),
-                           rng=jax.random.PRNGKey(0))
+  rng = jax.random.PRNGKey(0)
+  seqs, log_probs = sample(jnp.zeros((2,), jnp.int32), rng=(
+      jax.random.split(rng, 2) if per_example else rng))
   seqs = np.asarray(seqs).reshape(n, 2)
 
   def expected(row):
@@ -181,6 +185,29 @@ def test_sampling_draws_from_the_right_distribution(temperature, topk):
   lp = TABLE[0, seqs[:, 0]] + np.where(seqs[:, 0] == 1, 0,
                                        TABLE[seqs[:, 0], seqs[:, 1]])
   np.testing.assert_allclose(np.asarray(log_probs).reshape(n), lp, atol=1e-5)
+
+
+@pytest.mark.parametrize('make_key', [jax.random.PRNGKey, jax.random.key])
+def test_per_example_keys_make_samples_independent_of_batchmates(make_key):
+  keys = jax.random.split(make_key(3), 3)
+
+  def sample(keys):
+    seqs, log_probs = decoding.temperature_sample(
+        jnp.zeros((len(keys),), jnp.int32), _table_step,
+        batch_size=len(keys), max_decode_len=2, rng=keys, num_decodes=50)
+    return np.asarray(seqs), np.asarray(log_probs)
+
+  seqs, log_probs = sample(keys)
+  alone, alone_lp = sample(keys[2:])
+  np.testing.assert_array_equal(alone[0], seqs[2])
+  np.testing.assert_array_equal(alone_lp[0], log_probs[2])
+  # Other keys, other samples; and the decodes of one example differ.
+  assert not np.array_equal(seqs[0], seqs[1])
+  assert len({tuple(s) for s in seqs[0]}) > 1
+  with pytest.raises(ValueError, match='3 keys for batch_size 2'):
+    decoding.temperature_sample(
+        jnp.zeros((2,), jnp.int32), _table_step, batch_size=2,
+        max_decode_len=2, rng=keys)
 
 
 @flax.struct.dataclass

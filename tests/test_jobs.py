@@ -139,6 +139,25 @@ def test_infer_two_shards_union_equals_one(trained, one_shard, tmp_path):
                              [r['scores'][0] for r in one_shard], atol=1e-4)
 
 
+def test_infer_samples_do_not_depend_on_sharding(trained, tmp_path):
+  """Sampling keys come from example indices, so 1 shard and 2 shards (other
+  batches, other chunks) sample the same outputs for every example."""
+  sample = dict(decode_method='sample', num_decodes=3, temperature=1.0,
+                seed=7)
+  one = _read(_infer(trained, tmp_path / 'one', **sample))
+  two = sorted((r for k in range(2) for r in _read(_infer(
+      trained, tmp_path / 'two', shard_id=k, num_shards=2, **sample))),
+               key=lambda r: r['index'])
+  assert [r['predictions'] for r in two] == [r['predictions'] for r in one]
+  np.testing.assert_allclose([r['scores'] for r in two],
+                             [r['scores'] for r in one], atol=1e-4)
+  # Not a constant: another seed samples something else for some example.
+  other = _read(_infer(trained, tmp_path / 'other', **dict(sample, seed=8)))
+  assert [r['predictions'] for r in other] != [r['predictions'] for r in one]
+  # Each example's decodes are sampled with distinct keys.
+  assert any(len(set(r['predictions'])) > 1 for r in one)
+
+
 def test_infer_resumes_after_interruption(trained, one_shard, tmp_path):
   class Stop(Exception):
     pass

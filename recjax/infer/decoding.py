@@ -82,6 +82,13 @@ def _masked_log_probs(logits: Array, constraint: Any, cstate: Optional[Array]
   return jnp.where(mask, log_probs, NEG_INF)
 
 
+def _is_key_batch(rng: Array) -> bool:
+  """True for one PRNG key per example, False for a single key."""
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return rng.ndim == 1
+  return rng.ndim == 2
+
+
 def temperature_sample(cache: PyTree, tokens_to_logits: TokensToLogits, *,
                        batch_size: int, max_decode_len: int, eos_id: int = 1,
                        rng: Optional[Array] = None, temperature: float = 1.0,
@@ -96,7 +103,11 @@ def temperature_sample(cache: PyTree, tokens_to_logits: TokensToLogits, *,
     batch_size: B.
     max_decode_len: number of generated positions.
     eos_id: ends a sequence; positions after it are 0.
-    rng: PRNG key; unused (may be None) when temperature == 0.
+    rng: PRNG key; unused (may be None) when temperature == 0. Either one key
+      for the batch, or one key per example ([B, 2] raw keys, [B] typed
+      ones): then an example's samples depend only on its key and the model,
+      not on which other examples share its batch (so sharded inference
+      gives the same samples for any number of shards).
     temperature: 0 means greedy argmax; otherwise logits / temperature.
     topk: if > 0, sample only among the k most likely (allowed) tokens.
     num_decodes: samples per example.
@@ -113,6 +124,15 @@ def temperature_sample(cache: PyTree, tokens_to_logits: TokensToLogits, *,
     if not greedy:
       raise ValueError('temperature_sample needs an rng unless temperature=0.')
     rng = jax.random.PRNGKey(0)
+  row_keys = None
+  if not greedy and _is_key_batch(rng):
+    if rng.shape[0] != batch_size:
+      raise ValueError(f'rng holds {rng.shape[0]} keys for batch_size '
+                       f'{batch_size}; pass one key or one per example.')
+    # Example-major rows, as the cache; decode d of an example folds in d.
+    row_keys = jax.vmap(jax.random.fold_in)(
+        jnp.repeat(rng, num_decodes, axis=0),
+        jnp.tile(jnp.arange(num_decodes, dtype=jnp.uint32), batch_size))
   cache = _repeat_cache(cache, batch_size, num_decodes)
   cstate = (constraint.init_state(n) if constraint is not None else
             jnp.zeros((n,), jnp.int32))
@@ -128,16 +148,21 @@ def temperature_sample(cache: PyTree, tokens_to_logits: TokensToLogits, *,
     if greedy:
       nxt = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
     else:
-      key = jax.random.fold_in(rng, i)
+      if row_keys is None:
+        key = jax.random.fold_in(rng, i)
+        categorical = lambda x: jax.random.categorical(key, x, axis=-1)
+      else:
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(row_keys)
+        categorical = lambda x: jax.vmap(jax.random.categorical)(keys, x)
       # Masked logits: log_probs differ from logits by a per-row constant.
       scaled = log_probs / jnp.maximum(jnp.asarray(temperature, jnp.float32),
                                        1e-6)
       if topk:
         top_vals, top_idx = lax.top_k(scaled, topk)
-        pick = jax.random.categorical(key, top_vals, axis=-1)
+        pick = categorical(top_vals)
         sampled = jnp.take_along_axis(top_idx, pick[:, None], axis=-1)[:, 0]
       else:
-        sampled = jax.random.categorical(key, scaled, axis=-1)
+        sampled = categorical(scaled)
       sampled = sampled.astype(jnp.int32)
       if isinstance(temperature, (int, float)):
         nxt = sampled

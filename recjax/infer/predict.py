@@ -43,7 +43,8 @@ def predict_batch(model: Any, params: PyTree, batch: Mapping[str, Array], *,
     model: an EncoderDecoderModel (`model.module` has encode/decode).
     params: model parameters.
     batch: needs 'encoder_input_tokens' [B, L]; other keys are ignored.
-    rng: PRNG key, needed for 'sample'.
+    rng: PRNG key, needed for 'sample': one for the batch, or one per
+      example (see `decoding.temperature_sample`).
     decode_method: 'beam' (num_decodes beams, scores length-penalised with
       `alpha`), 'greedy' (num_decodes must be 1) or 'sample' (num_decodes
       independent samples at `temperature`, optionally `topk`).
