@@ -1,5 +1,10 @@
 """recjax: teach language models recommendation knowledge (JAX/Flax, SeqIO)."""
+import os
+
 import setuptools
+
+GIN_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "gin_configs")
 
 setuptools.setup(
     name="recjax",
@@ -11,7 +16,13 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["recjax", "recjax.*",
-                                               "seqio_tasks", "seqio_tasks.*"]),
+                                               "seqio_tasks", "seqio_tasks.*"])
+    + ["recjax.gin_configs" + ("." + os.path.relpath(d, GIN_CONFIGS).replace(
+        os.sep, ".") if d != GIN_CONFIGS else "")
+       for d, _, _ in sorted(os.walk(GIN_CONFIGS)) if "__pycache__" not in d],
+    # The gin configs ship inside the package (as T5X's do), so an installed
+    # recjax finds --gin_file=runs/finetune.gin without a clone.
+    package_dir={"recjax.gin_configs": "gin_configs"},
     package_data={"": ["*.gin"]},
     include_package_data=True,
     install_requires=[
@@ -34,7 +45,8 @@ setuptools.setup(
         "matplotlib>=3.7,<4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        # setuptools and wheel: tests build a wheel (test_gin_configs).
+        "test": ["pytest>=7", "pytest-xdist>=3", "setuptools>=61", "wheel"],
     },
     entry_points={"console_scripts": ["recjax=recjax.main:run"]},
 )

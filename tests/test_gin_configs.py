@@ -157,3 +157,36 @@ def test_gin_flag_rewriting():
 def test_missing_gin_file_is_clear():
   with pytest.raises(FileNotFoundError, match='nope.gin'):
     gin_utils.parse_gin_flags(['runs/nope.gin'])
+
+
+def test_wheel_ships_the_gin_configs(tmp_path):
+  """An installed recjax (not a clone) finds --gin_file=runs/finetune.gin."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  src = tmp_path / 'src'
+  src.mkdir()
+  for name in ('setup.py', 'README.md'):
+    shutil.copy(os.path.join(ROOT, name), src)
+  for name in ('recjax', 'seqio_tasks', 'gin_configs'):
+    shutil.copytree(os.path.join(ROOT, name), src / name,
+                    ignore=shutil.ignore_patterns('__pycache__'))
+  subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
+                  '--no-build-isolation', '-w', str(tmp_path / 'dist'),
+                  str(src)], check=True, capture_output=True)
+  (wheel,) = (tmp_path / 'dist').glob('recjax-*.whl')
+  with zipfile.ZipFile(wheel) as z:
+    shipped = {n for n in z.namelist() if n.endswith('.gin')}
+    z.extractall(tmp_path / 'site')
+  want = {'recjax/gin_configs/' + os.path.relpath(p, GIN_DIR)
+          for p in MODEL_GINS + RUN_GINS + OTHER_GINS}
+  assert shipped == want
+  # From elsewhere, the unpacked wheel's gin_utils searches its own configs.
+  out = subprocess.run(
+      [sys.executable, '-c', 'from recjax.train import gin_utils; '
+       'print(gin_utils.DEFAULT_SEARCH_PATHS[0])'],
+      cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path / 'site')),
+      check=True, capture_output=True, text=True).stdout.strip()
+  assert out == str(tmp_path / 'site' / 'recjax' / 'gin_configs')
+  assert os.path.isfile(os.path.join(out, 'runs', 'finetune.gin'))

@@ -16,7 +16,13 @@ import gin
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-DEFAULT_SEARCH_PATHS = (os.path.join(PROJECT_ROOT, 'gin_configs'), PROJECT_ROOT)
+# A wheel ships the configs as recjax/gin_configs (setup.py maps it to the
+# project's gin_configs/); a clone or an editable install has them at the root.
+_PACKAGED_GIN_CONFIGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin_configs')
+GIN_CONFIGS = (_PACKAGED_GIN_CONFIGS if os.path.isdir(_PACKAGED_GIN_CONFIGS)
+               else os.path.join(PROJECT_ROOT, 'gin_configs'))
+DEFAULT_SEARCH_PATHS = (GIN_CONFIGS, PROJECT_ROOT)
 
 
 def rewrite_gin_args(args: Sequence[str]) -> List[str]:
@@ -129,7 +135,7 @@ def parse_gin_flags(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                     skip_unknown: bool = False,
                     finalize_config: bool = True) -> None:
   """Parses gin files then bindings; files are looked up in `search_paths`,
-  `gin_configs/` of the project, the project root and the cwd."""
+  recjax's gin configs (`GIN_CONFIGS`), the project root and the cwd."""
   paths = [os.path.abspath(p) for p in search_paths] + list(
       DEFAULT_SEARCH_PATHS)
   for p in paths:
