@@ -28,7 +28,8 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
-def _median_ms(fn, args, reps: int) -> float:
+def median_ms(fn, args, reps: int) -> float:
+  """Median ms of jitted fn(*args) over reps calls, after one warm-up call."""
   import jax  # pylint: disable=g-import-not-at-top
   jax.block_until_ready(fn(*args))
   times = []
@@ -84,8 +85,8 @@ def main(argv=None) -> list:
   print(f"{'case':<28} {'shape':>16} {'sum ms':>8} {'dot ms':>8} "
         f"{'sum/dot':>8} {'max rel diff':>13}")
   for name, shape_s, by_sum, by_dot, fargs in cases:
-    t_sum = _median_ms(by_sum, fargs, args.reps)
-    t_dot = _median_ms(by_dot, fargs, args.reps)
+    t_sum = median_ms(by_sum, fargs, args.reps)
+    t_dot = median_ms(by_dot, fargs, args.reps)
     a, b = np.asarray(by_sum(*fargs)), np.asarray(by_dot(*fargs))
     diff = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
     rows.append({"case": name, "shape": shape_s, "sum_ms": t_sum,

@@ -11,8 +11,9 @@ shapes and batch), dW in both forms, each jitted alone:
   stops XLA folding it back into the dot), then X^T @ dY, which YNNPACK takes;
   the copy's time is included.
 
-Prints per shape the count in one step, median ms of each form, their
-ratio, and the largest relative difference; then the totals per step. The
+Prints per shape the count in one step, median ms of each form (the two
+timed in turn, `--reps` times), their ratio, and the largest relative
+difference; then the totals per step. The
 difference is the most a step could gain by choosing the kernel (recjax does
 not: a barrier in the model's backward pass would cost fusion on TPU/GPU).
 
@@ -32,15 +33,19 @@ HERE = pathlib.Path(__file__).resolve()
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent)]
 
 
-def _median_ms(fn, args, reps: int) -> float:
+def interleaved_median_ms(fns, args, reps: int) -> list[float]:
+  """Median ms per fn of fn(*args), the fns timed in turn within each rep,
+  so that the machine's drift (20-30% within minutes here) hits all alike."""
   import jax  # pylint: disable=g-import-not-at-top
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
+  for fn in fns:
     jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
+  times = [[] for _ in fns]
+  for _ in range(reps):
+    for fn, out in zip(fns, times):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      out.append(time.perf_counter() - t0)
+  return [1e3 * statistics.median(t) for t in times]
 
 
 def weight_gradient_shapes(config: str) -> collections.Counter:
@@ -80,8 +85,7 @@ def main(argv=None) -> dict:
     a = np.asarray(eigen(x, dy))
     b = np.asarray(ynn(x, dy))
     diff = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
-    ms_e = _median_ms(eigen, (x, dy), args.reps)
-    ms_y = _median_ms(ynn, (x, dy), args.reps)
+    ms_e, ms_y = interleaved_median_ms((eigen, ynn), (x, dy), args.reps)
     total["eigen"] += count * ms_e
     total["ynn"] += count * ms_y
     rows.append({"m": m, "k": k, "n": n, "count": count, "eigen_ms": ms_e,
