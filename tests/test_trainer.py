@@ -116,6 +116,44 @@ def test_restart_reproduces_uninterrupted_run(uninterrupted, tmp_path):
   assert _train_losses(tmp_path)[0] == [1, 2, 3, 4]
 
 
+def test_restart_restores_the_saved_dataset_position(uninterrupted, tmp_path,
+                                                     capsys):
+  """checkpoint_dataset=True: the restart restores the tf.data iterator (no
+  skipping) and still reproduces the uninterrupted run."""
+  model_dir, _, _ = uninterrupted
+  assert _train(tmp_path, 2, checkpoint_dataset=True)[0] == 2
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  assert ckpt.has_dataset(2)
+  ckpt.close()
+  capsys.readouterr()
+  assert _train(tmp_path, 4, checkpoint_dataset=True)[0] == 4
+  err = capsys.readouterr().err
+  assert 'restored the data position of step 2' in err
+  assert 'skipping' not in err
+  steps, losses = _train_losses(tmp_path)
+  want_steps, want_losses = _train_losses(model_dir)
+  assert steps == want_steps == [1, 2, 3, 4]
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
+
+
+def test_dataset_iterator_round_trip(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  ds = tf.data.Dataset.range(100).shuffle(10, seed=1).batch(4).prefetch(2)
+  it = iter(ds)
+  seen = [next(it).numpy().tolist() for _ in range(3)]
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  ckpt.save(3, {'x': jnp.zeros(2)}, {'batches_consumed': 3},
+            dataset_iterator=it)
+  ckpt.save(5, {'x': jnp.zeros(2)}, {'batches_consumed': 5})
+  want = [next(it).numpy().tolist() for _ in range(2)]
+  assert ckpt.has_dataset(3) and not ckpt.has_dataset(5)
+  fresh = iter(ds)
+  ckpt.restore_dataset(fresh, 3)
+  assert [next(fresh).numpy().tolist() for _ in range(2)] == want
+  assert want[0] not in seen
+  ckpt.close()
+
+
 def test_initial_checkpoint_from_recjax_dir(uninterrupted):
   model_dir, _, _ = uninterrupted
   setup, params = _final_params(model_dir)

@@ -2,13 +2,19 @@
 
 Each checkpoint step holds two items: `state` (params, optimizer state, step,
 saved sharded with `StandardSave`) and `data` (JSON: batches consumed, seed),
-so a restart resumes the exact batch stream. Orbax writes to a temporary
-directory and renames it when complete, so a crash never leaves a readable
-half checkpoint.
+so a restart resumes the exact batch stream, by skipping the batches already
+consumed. With `dataset_iterator` given to `save` (the trainer's
+`checkpoint_dataset`, T5X's `save_dataset`), a third item, `dataset`, holds
+each process's tf.data iterator state, and a restart restores it instead of
+skipping (skipping re-runs the input pipeline over every consumed batch).
+Orbax writes to a temporary directory and renames it when complete, so a
+crash never leaves a readable half checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import pathlib
 from typing import Any, Mapping, Optional, Tuple
 
 from absl import logging
@@ -17,6 +23,44 @@ import orbax.checkpoint as ocp
 
 STATE = 'state'
 DATA = 'data'
+DATASET = 'dataset'
+
+
+class TFIteratorHandler(ocp.CheckpointHandler):
+  """A tf.data iterator's state, one `tf.train.Checkpoint` per process.
+
+  Restoring needs the same number of processes as saving (each reads its own
+  shard's position)."""
+
+  @staticmethod
+  def _prefix(directory: os.PathLike) -> pathlib.Path:
+    return (pathlib.Path(os.fspath(directory)) / f'process_'
+            f'{jax.process_index()}-of-{jax.process_count()}' / 'iterator')
+
+  def save(self, directory: os.PathLike, args: 'TFIteratorArgs') -> None:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    prefix = self._prefix(directory)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    tf.train.Checkpoint(iterator=args.iterator).write(os.fspath(prefix))
+
+  def restore(self, directory: os.PathLike, args: 'TFIteratorArgs') -> Any:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    prefix = self._prefix(directory)
+    if not prefix.parent.exists():
+      raise FileNotFoundError(
+          f'{prefix.parent}: no dataset position for this process; the '
+          'checkpoint was written by a different number of processes.')
+    tf.train.Checkpoint(iterator=args.iterator).read(
+        os.fspath(prefix)).assert_consumed()
+    return args.iterator
+
+
+@ocp.args.register_with_handler(TFIteratorHandler, for_save=True,
+                                for_restore=True)
+@dataclasses.dataclass
+class TFIteratorArgs(ocp.args.CheckpointArgs):
+  """Save: the iterator to record; restore: the iterator to move (in place)."""
+  iterator: Any
 
 
 class Checkpointer:
@@ -30,7 +74,7 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True,
             enable_async_checkpointing=async_save),
-        item_names=(STATE, DATA))
+        item_names=(STATE, DATA, DATASET))
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -39,14 +83,13 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data: Mapping[str, Any],
-           force: bool = True) -> bool:
-    saved = self.manager.save(
-        int(step),
-        args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(state),
-            DATA: ocp.args.JsonSave(dict(data)),
-        }),
-        force=force)
+           force: bool = True, dataset_iterator: Any = None) -> bool:
+    items = {STATE: ocp.args.StandardSave(state),
+             DATA: ocp.args.JsonSave(dict(data))}
+    if dataset_iterator is not None:
+      items[DATASET] = TFIteratorArgs(dataset_iterator)
+    saved = self.manager.save(int(step), args=ocp.args.Composite(**items),
+                              force=force)
     self.manager.wait_until_finished()
     if saved:
       logging.info('Saved checkpoint for step %d to %s', step, self.directory)
@@ -66,6 +109,16 @@ class Checkpointer:
             DATA: ocp.args.JsonRestore(),
         }))
     return out[STATE], out[DATA]
+
+  def has_dataset(self, step: int) -> bool:
+    """Whether step `step` holds a dataset iterator position."""
+    return os.path.isdir(os.path.join(self.directory, str(int(step)), DATASET))
+
+  def restore_dataset(self, iterator: Any, step: int) -> None:
+    """Moves the tf.data `iterator` (made from the same pipeline) in place to
+    where it was when step `step` was saved."""
+    self.manager.restore(int(step), args=ocp.args.Composite(
+        **{DATASET: TFIteratorArgs(iterator)}))
 
   def close(self):
     self.manager.wait_until_finished()

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import seqio
+import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from recjax.train import checkpointing
@@ -230,28 +231,32 @@ def load_initial_params(path: str, setup: StateSetup,
 
 
 # ----------------------------------------------------------------- data
-def get_dataset_iterator(
+def get_dataset(
     mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
     feature_converter: seqio.FeatureConverter, split: str, host_batch_size: int,
     *, shuffle: bool, seed: Optional[int], num_epochs: Optional[int],
     use_cached: bool, shard_info: Optional[seqio.ShardInfo],
-    skip_batches: int = 0, pad_last: bool = False) -> Iterator[dict]:
-  """Host-local numpy batches from SeqIO.
+    pad_last: bool = False) -> tf.data.Dataset:
+  """This host's batches from SeqIO, as a tf.data.Dataset.
 
-  With `shuffle` and a seed the stream is deterministic, so resuming skips the
-  `skip_batches` already consumed and continues exactly where the
-  uninterrupted run would be. `pad_last` pads a short final batch with zero
-  rows (zero loss weight) instead of dropping it.
+  With `shuffle` and a seed the stream is deterministic, so a restart can
+  skip the batches already consumed (or restore a saved iterator) and
+  continue exactly where the uninterrupted run would be.
   """
   ds = seqio.get_dataset(
       mixture_or_task_name, task_feature_lengths=task_feature_lengths,
       feature_converter=feature_converter, dataset_split=split,
       use_cached=use_cached, shuffle=shuffle, num_epochs=num_epochs,
       shard_info=shard_info, seed=seed, verbose=False)
-  ds = ds.batch(host_batch_size, drop_remainder=not pad_last)
-  if skip_batches:
-    ds = ds.skip(skip_batches)
-  for batch in ds.as_numpy_iterator():
+  return ds.batch(host_batch_size, drop_remainder=not pad_last)
+
+
+def numpy_batches(iterator: Iterator[Mapping[str, Any]], host_batch_size: int,
+                  pad_last: bool = False) -> Iterator[dict]:
+  """Numpy batches from a tf.data iterator; `pad_last` pads a short final
+  batch with zero rows (zero loss weight) instead of dropping it."""
+  for tf_batch in iterator:
+    batch = {k: v.numpy() for k, v in tf_batch.items()}
     if pad_last:
       b = next(iter(batch.values())).shape[0]
       if b < host_batch_size:
@@ -259,6 +264,23 @@ def get_dataset_iterator(
             [v, np.zeros((host_batch_size - b,) + v.shape[1:], v.dtype)])
                  for k, v in batch.items()}
     yield batch
+
+
+def get_dataset_iterator(
+    mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
+    feature_converter: seqio.FeatureConverter, split: str, host_batch_size: int,
+    *, shuffle: bool, seed: Optional[int], num_epochs: Optional[int],
+    use_cached: bool, shard_info: Optional[seqio.ShardInfo],
+    skip_batches: int = 0, pad_last: bool = False) -> Iterator[dict]:
+  """Host-local numpy batches from SeqIO (`get_dataset`), after skipping
+  `skip_batches` already consumed."""
+  ds = get_dataset(mixture_or_task_name, task_feature_lengths,
+                   feature_converter, split, host_batch_size, shuffle=shuffle,
+                   seed=seed, num_epochs=num_epochs, use_cached=use_cached,
+                   shard_info=shard_info, pad_last=pad_last)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  return numpy_batches(iter(ds), host_batch_size, pad_last)
 
 
 def tf_errors():
@@ -350,6 +372,7 @@ def train(*,
           random_seed: Optional[int] = 0,
           checkpoint_period: int = 1000,
           keep_checkpoints: Optional[int] = None,
+          checkpoint_dataset: bool = False,
           num_microbatches: Optional[int] = None,
           log_every: int = 100,
           auto_vocab_size: bool = False,
@@ -365,6 +388,11 @@ def train(*,
   written under split 'infer_eval'; an evaluator with a `bind(model=,
   partitioner=)` method is first given the trainer's model and partitioner
   (e.g. `recjax.infer.evaluation.InferenceEvaluator`, injected by gin).
+
+  `checkpoint_dataset` saves each process's tf.data iterator state with every
+  checkpoint (T5X's `save_dataset`), so a restart restores its input position
+  instead of re-running the pipeline over every consumed batch; restoring
+  needs the same number of processes.
 
   Returns (final step, last summarized train metrics). Raises
   NonFiniteLossError if a step produced NaN/Inf (the last checkpoint written
@@ -433,11 +461,22 @@ def train(*,
       in_shardings=(setup.state_shardings.params, batch_shardings),
       out_shardings=partitioner.replicated())
 
-  train_iter = get_dataset_iterator(
+  train_ds = get_dataset(
       mixture_or_task_name, task_feature_lengths, converter, train_split,
       host_bs, shuffle=True, seed=random_seed, num_epochs=None,
-      use_cached=use_cached_tasks, shard_info=partitioner.get_shard_info(),
-      skip_batches=batches_consumed)
+      use_cached=use_cached_tasks, shard_info=partitioner.get_shard_info())
+  if latest is not None and ckpt.has_dataset(latest):
+    tf_train_iter = iter(train_ds)
+    ckpt.restore_dataset(tf_train_iter, latest)
+    print(f'[recjax] restored the data position of step {latest}',
+          file=sys.stderr)
+  else:
+    if batches_consumed:
+      print(f'[recjax] skipping {batches_consumed} consumed batches (no saved '
+            'data position; train.checkpoint_dataset=True saves one)',
+            file=sys.stderr)
+    tf_train_iter = iter(train_ds.skip(batches_consumed))
+  train_iter = numpy_batches(tf_train_iter, host_bs)
   writer = metrics_lib.MetricsWriter(model_dir, tensorboard=tensorboard)
 
   # Checked before every save: the in-step guard sees the loss and gradients,
@@ -449,7 +488,8 @@ def train(*,
     ckpt.save(step_now, state, {'batches_consumed': batches_consumed,
                                 'batch_size': batch_size,
                                 'seed': random_seed,
-                                'mixture_or_task_name': mixture_or_task_name})
+                                'mixture_or_task_name': mixture_or_task_name},
+              dataset_iterator=tf_train_iter if checkpoint_dataset else None)
 
   if inference_evaluator is not None and hasattr(inference_evaluator, 'bind'):
     inference_evaluator.bind(model=model, partitioner=partitioner)
