@@ -151,6 +151,11 @@ def test_dataset_iterator_round_trip(tmp_path):
   ckpt.restore_dataset(fresh, 3)
   assert [next(fresh).numpy().tolist() for _ in range(2)] == want
   assert want[0] not in seen
+  # Saved by another number of processes: no position for this one, so the
+  # trainer falls back to skipping.
+  os.rename(os.path.join(ckpt.directory, '3', 'dataset', 'process_0-of-1'),
+            os.path.join(ckpt.directory, '3', 'dataset', 'process_0-of-2'))
+  assert not ckpt.has_dataset(3)
   ckpt.close()
 
 

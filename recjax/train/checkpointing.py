@@ -26,26 +26,27 @@ DATA = 'data'
 DATASET = 'dataset'
 
 
+def _iterator_prefix(item_dir: os.PathLike | str) -> pathlib.Path:
+  """This process's iterator checkpoint prefix inside the `dataset` item."""
+  return (pathlib.Path(os.fspath(item_dir)) / f'process_'
+          f'{jax.process_index()}-of-{jax.process_count()}' / 'iterator')
+
+
 class TFIteratorHandler(ocp.CheckpointHandler):
   """A tf.data iterator's state, one `tf.train.Checkpoint` per process.
 
   Restoring needs the same number of processes as saving (each reads its own
   shard's position)."""
 
-  @staticmethod
-  def _prefix(directory: os.PathLike) -> pathlib.Path:
-    return (pathlib.Path(os.fspath(directory)) / f'process_'
-            f'{jax.process_index()}-of-{jax.process_count()}' / 'iterator')
-
   def save(self, directory: os.PathLike, args: 'TFIteratorArgs') -> None:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    prefix = self._prefix(directory)
+    prefix = _iterator_prefix(directory)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     tf.train.Checkpoint(iterator=args.iterator).write(os.fspath(prefix))
 
   def restore(self, directory: os.PathLike, args: 'TFIteratorArgs') -> Any:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    prefix = self._prefix(directory)
+    prefix = _iterator_prefix(directory)
     if not prefix.parent.exists():
       raise FileNotFoundError(
           f'{prefix.parent}: no dataset position for this process; the '
@@ -111,8 +112,10 @@ class Checkpointer:
     return out[STATE], out[DATA]
 
   def has_dataset(self, step: int) -> bool:
-    """Whether step `step` holds a dataset iterator position."""
-    return os.path.isdir(os.path.join(self.directory, str(int(step)), DATASET))
+    """Whether step `step` holds this process's dataset iterator position
+    (not if it was saved by a different number of processes)."""
+    item = os.path.join(self.directory, str(int(step)), DATASET)
+    return _iterator_prefix(item).parent.is_dir()
 
   def restore_dataset(self, iterator: Any, step: int) -> None:
     """Moves the tf.data `iterator` (made from the same pipeline) in place to
