@@ -391,8 +391,8 @@ def train(*,
 
   `checkpoint_dataset` saves each process's tf.data iterator state with every
   checkpoint (T5X's `save_dataset`), so a restart restores its input position
-  instead of re-running the pipeline over every consumed batch; restoring
-  needs the same number of processes.
+  instead of re-running the pipeline over every consumed batch (a checkpoint
+  saved by another number of processes falls back to skipping).
 
   Returns (final step, last summarized train metrics). Raises
   NonFiniteLossError if a step produced NaN/Inf (the last checkpoint written
