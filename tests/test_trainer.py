@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from recjax.train import checkpointing
 from recjax.train import metrics_writer
@@ -134,10 +135,15 @@ def test_restart_restores_the_saved_dataset_position(uninterrupted, tmp_path,
   want_steps, want_losses = _train_losses(model_dir)
   assert steps == want_steps == [1, 2, 3, 4]
   np.testing.assert_allclose(losses, want_losses, rtol=1e-6)
+  # Another batch size: TF would restore the old pipeline's position without
+  # complaint, so the trainer does not use it and skips instead.
+  capsys.readouterr()
+  assert _train(tmp_path, 5, checkpoint_dataset=True, batch_size=16)[0] == 5
+  err = capsys.readouterr().err
+  assert 'skipping 4 consumed batches' in err and 'restored' not in err
 
 
 def test_dataset_iterator_round_trip(tmp_path):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   ds = tf.data.Dataset.range(100).shuffle(10, seed=1).batch(4).prefetch(2)
   it = iter(ds)
   seen = [next(it).numpy().tolist() for _ in range(3)]
@@ -151,6 +157,10 @@ def test_dataset_iterator_round_trip(tmp_path):
   ckpt.restore_dataset(fresh, 3)
   assert [next(fresh).numpy().tolist() for _ in range(2)] == want
   assert want[0] not in seen
+  # Another pipeline's iterator: TF refuses (the trainer then skips instead).
+  with pytest.raises(tf.errors.OpError):
+    ckpt.restore_dataset(iter(tf.data.Dataset.range(100).map(
+        lambda x: x * 2).batch(4)), 3)
   # Saved by another number of processes: no position for this one, so the
   # trainer falls back to skipping.
   os.rename(os.path.join(ckpt.directory, '3', 'dataset', 'process_0-of-1'),

@@ -242,12 +242,14 @@ def infer(*,
         for (i, t, ex), s in zip(part, scores):
           out.append(dict(_row(i, t, ex), score=float(s)))
         continue
-      # One key per example from its index in the split: its samples do not
-      # depend on the shard, the batch or the chunk it lands in.
-      index = np.zeros((batch_size,), np.uint32)
-      index[:len(part)] = [i for i, _, _ in part]
-      rng = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
-          jax.random.PRNGKey(seed), index)
+      rng = None  # greedy and beam search draw nothing
+      if decode_method == 'sample':
+        # One key per example from its index in the split: its samples do
+        # not depend on the shard, the batch or the chunk it lands in.
+        index = np.zeros((batch_size,), np.uint32)
+        index[:len(part)] = [i for i, _, _ in part]
+        rng = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+            jax.random.PRNGKey(seed), index)
       tokens, scores = runner.predict(
           params, batch, decode_method=decode_method, num_decodes=num_decodes,
           max_decode_length=max_len, alpha=alpha, temperature=temperature,

@@ -284,7 +284,6 @@ def get_dataset_iterator(
 
 
 def tf_errors():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf.errors.NotFoundError
 
 
@@ -391,8 +390,9 @@ def train(*,
 
   `checkpoint_dataset` saves each process's tf.data iterator state with every
   checkpoint (T5X's `save_dataset`), so a restart restores its input position
-  instead of re-running the pipeline over every consumed batch (a checkpoint
-  saved by another number of processes falls back to skipping).
+  instead of re-running the pipeline over every consumed batch (with another
+  number of processes, batch size or seed, or a pipeline TF cannot restore
+  into, it falls back to skipping).
 
   Returns (final step, last summarized train metrics). Raises
   NonFiniteLossError if a step produced NaN/Inf (the last checkpoint written
@@ -425,6 +425,7 @@ def train(*,
   setup = setup_state(model, partitioner, optimizer_fn, input_shapes, init_rng)
   ckpt = checkpointing.Checkpointer(model_dir, keep=keep_checkpoints)
   latest = ckpt.latest_step()
+  same_stream = True  # the saved data position belongs to this pipeline
   if latest is not None:
     target = checkpointing.abstract_with_shardings(setup.abstract_state,
                                                    setup.state_shardings)
@@ -432,6 +433,7 @@ def train(*,
     batches_consumed = int(data_pos['batches_consumed'])
     if data_pos.get('batch_size') not in (None, batch_size) or data_pos.get(
         'seed') not in (None, random_seed):
+      same_stream = False
       logging.warning('Resuming with a different batch size or seed (%s); the '
                       'data stream will differ from the original run.',
                       data_pos)
@@ -465,12 +467,21 @@ def train(*,
       mixture_or_task_name, task_feature_lengths, converter, train_split,
       host_bs, shuffle=True, seed=random_seed, num_epochs=None,
       use_cached=use_cached_tasks, shard_info=partitioner.get_shard_info())
-  if latest is not None and ckpt.has_dataset(latest):
-    tf_train_iter = iter(train_ds)
-    ckpt.restore_dataset(tf_train_iter, latest)
-    print(f'[recjax] restored the data position of step {latest}',
-          file=sys.stderr)
-  else:
+  tf_train_iter = None
+  if latest is not None and same_stream and ckpt.has_dataset(latest):
+    try:
+      tf_train_iter = iter(train_ds)
+      ckpt.restore_dataset(tf_train_iter, latest)
+      print(f'[recjax] restored the data position of step {latest}',
+            file=sys.stderr)
+    except (tf.errors.OpError, AssertionError, ValueError) as e:
+      # E.g. the task's preprocessing changed since the save: skipping from
+      # the start of the (deterministic) stream still finds the position.
+      print(f'[recjax] the saved data position of step {latest} does not fit '
+            f'this pipeline ({type(e).__name__}: {str(e)[:200]}); skipping '
+            'instead', file=sys.stderr)
+      tf_train_iter = None
+  if tf_train_iter is None:
     if batches_consumed:
       print(f'[recjax] skipping {batches_consumed} consumed batches (no saved '
             'data position; train.checkpoint_dataset=True saves one)',
