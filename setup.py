@@ -37,6 +37,7 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.4,<5",
         "gin-config>=0.5.0,<0.6",
         "sentencepiece>=0.2.0,<0.3",
+        "tokenizers>=0.15,<1",
         "numpy>=1.26,<3",
         "absl-py>=1.4",
         "safetensors>=0.4,<1",
@@ -47,6 +48,15 @@ setuptools.setup(
     extras_require={
         # setuptools and wheel: tests build a wheel (test_gin_configs).
         "test": ["pytest>=7", "pytest-xdist>=3", "setuptools>=61", "wheel"],
+        # `recjax aot` / benchmarks/aot_scale.py: XLA:TPU compiles for a named
+        # TPU slice on any Linux machine. The libtpu that jax 0.10.2 pairs
+        # with (its own `tpu` extra); ~700 MB.
+        "tpu_aot": ['libtpu==0.0.42.*; sys_platform == "linux"'],
+        # `recjax prepare --beam`, `recjax cache_tasks`: Apache Beam (the
+        # DirectRunner here; Dataflow/Flink/Spark by --runner). It declares
+        # protobuf<7 yet runs on 7, which sentencepiece 0.2.3 needs; see
+        # launch/constraints.txt.
+        "beam": ["apache-beam[tfrecord]>=2.77,<3"],
     },
     entry_points={"console_scripts": ["recjax=recjax.main:run"]},
 )

@@ -73,11 +73,54 @@ def _matmul_floor_s(torch, shapes: list, reps: int) -> float:
   return statistics.median(times)
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_t5(torch, transformers, arch: dict, args):
+  """(model, step): HF T5 and one Adafactor step on a fixed batch -> loss."""
+  config = transformers.T5Config(
+      d_model=arch["d_model"], d_ff=arch["d_ff"], d_kv=arch["d_kv"],
+      num_heads=arch["num_heads"], num_layers=arch["num_layers"],
+      num_decoder_layers=arch["num_decoder_layers"],
+      vocab_size=arch["vocab_size"], dropout_rate=arch["dropout_rate"],
+      feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      relative_attention_num_buckets=32, relative_attention_max_distance=128,
+      decoder_start_token_id=0, pad_token_id=0)
+  model = transformers.T5ForConditionalGeneration(config).to(torch.float32)
+  gen = torch.Generator().manual_seed(args.seed)
+  b, li, lt, v = (args.batch_size, args.inputs_length, args.targets_length,
+                  arch["vocab_size"])
+  input_ids = torch.randint(1, v, (b, li), generator=gen)
+  labels = torch.randint(1, v, (b, lt), generator=gen)
+  return model, adafactor_step(model, input_ids=input_ids,
+                               attention_mask=torch.ones_like(input_ids),
+                               labels=labels)
+
+
+def adafactor_step(model, **inputs):
+  """step() -> loss: forward on `inputs` (with labels), backward and one
+  `Adafactor(scale_parameter=True, relative_step=False, lr=1e-3)` update,
+  T5's standard fine-tuning optimizer."""
+  from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
+  model.train()
+  optimizer = Adafactor(model.parameters(), scale_parameter=True,
+                        relative_step=False, warmup_init=False, lr=1e-3)
+
+  def step() -> float:
+    out = model(**inputs)
+    out.loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(out.loss.detach())
+
+  return step
+
+
+def serve(build, doc: str, argv=None) -> int:
+  """The helper protocol (module doc) around `build(torch, transformers,
+  arch, args) -> (model, step)`; _torch_llama_train.py serves its own."""
+  p = argparse.ArgumentParser(description=doc.split("\n")[0])
   p.add_argument("--arch", required=True,
-                 help="JSON: d_model, d_ff, d_kv, num_heads, num_layers, "
-                 "num_decoder_layers, vocab_size, dropout_rate")
+                 help="JSON sizes for `build` (T5: d_model, d_ff, d_kv, "
+                 "num_heads, num_layers, num_decoder_layers, vocab_size, "
+                 "dropout_rate)")
   p.add_argument("--batch_size", type=int, required=True)
   p.add_argument("--inputs_length", type=int, required=True)
   p.add_argument("--targets_length", type=int, required=True)
@@ -92,39 +135,10 @@ def main(argv=None) -> int:
 
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(args.threads or os.cpu_count())
   torch.manual_seed(args.seed)
-  arch = json.loads(args.arch)
-  config = transformers.T5Config(
-      d_model=arch["d_model"], d_ff=arch["d_ff"], d_kv=arch["d_kv"],
-      num_heads=arch["num_heads"], num_layers=arch["num_layers"],
-      num_decoder_layers=arch["num_decoder_layers"],
-      vocab_size=arch["vocab_size"], dropout_rate=arch["dropout_rate"],
-      feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-      relative_attention_num_buckets=32, relative_attention_max_distance=128,
-      decoder_start_token_id=0, pad_token_id=0)
-  model = transformers.T5ForConditionalGeneration(config).to(torch.float32)
-  model.train()
-  optimizer = Adafactor(model.parameters(), scale_parameter=True,
-                        relative_step=False, warmup_init=False, lr=1e-3)
-
-  gen = torch.Generator().manual_seed(args.seed)
-  b, li, lt, v = (args.batch_size, args.inputs_length, args.targets_length,
-                  arch["vocab_size"])
-  input_ids = torch.randint(1, v, (b, li), generator=gen)
-  labels = torch.randint(1, v, (b, lt), generator=gen)
-  attention_mask = torch.ones_like(input_ids)
-
-  def step() -> float:
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                labels=labels)
-    out.loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(out.loss.detach())
-
+  model, step = build(torch, transformers, json.loads(args.arch), args)
   t0 = time.perf_counter()
   for _ in range(args.warmup_steps):
     step()
@@ -172,7 +186,7 @@ def main(argv=None) -> int:
       _emit({"floor_s": _matmul_floor_s(torch, json.loads(cmd[1]), 3)})
       continue
     if cmd[0] != "run" or len(cmd) != 2:
-      print(f"_torch_t5_train: bad command {line!r}", file=sys.stderr)
+      print(f"{sys.argv[0]}: bad command {line!r}", file=sys.stderr)
       return 2
     n = int(cmd[1])
     t0 = time.perf_counter()
@@ -181,6 +195,10 @@ def main(argv=None) -> int:
       loss = step()  # float() syncs: the step is complete when timed.
     _emit({"seconds": time.perf_counter() - t0, "steps": n, "loss": loss})
   return 0
+
+
+def main(argv=None) -> int:
+  return serve(build_t5, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ categories within one run, and confirm a change with `train_step_ab.py`
 (wall time) before believing it.
 
   .venv/bin/python benchmarks/profile_train_step.py --config small
+  .venv/bin/python benchmarks/profile_train_step.py --config decoder_100m
+(`decoder_tiny` / `decoder_100m`: decoder_train_throughput.py's configs.)
 """
 from __future__ import annotations
 
@@ -180,7 +182,10 @@ def optimizer_alone(params):
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--config", default="small", choices=("tiny", "small"))
+  p.add_argument("--config", default="small",
+                 choices=("tiny", "small", "decoder_tiny", "decoder_100m"),
+                 help="FLAN-T5 tiny/small, or decoder_train_throughput.py's "
+                 "decoder-only configs (its default batch)")
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--top", type=int, default=20)
   p.add_argument("--floor_repeats", type=int, default=5)
@@ -190,9 +195,18 @@ def main(argv=None) -> dict:
   host_malloc.tune()
   import jax  # pylint: disable=g-import-not-at-top
   import train_throughput as tt  # pylint: disable=g-import-not-at-top
-  cfg = tt.load_config(args.config, 0.0, "float32")
-  b, li, lt = tt.DEFAULT_SHAPES[args.config]
-  runner = tt.RecjaxRunner(cfg, tt.make_batch(cfg.vocab_size, b, li, lt, 0), 0)
+  if args.config.startswith("decoder_"):
+    import decoder_train_throughput as bench  # pylint: disable=g-import-not-at-top
+    name = args.config[len("decoder_"):]
+    cfg = bench.load_config(name, 0.0, "float32")
+    b, li, lt = bench.DEFAULT_SHAPES[name]
+    runner = bench.recjax_runner(cfg, b, li, lt, 0)
+  else:
+    bench = tt
+    cfg = tt.load_config(args.config, 0.0, "float32")
+    b, li, lt = tt.DEFAULT_SHAPES[args.config]
+    runner = tt.RecjaxRunner(cfg, tt.make_batch(cfg.vocab_size, b, li, lt, 0),
+                             0)
   runner.run(2)  # compile + warm-up
   names = hlo_op_names(
       runner.step.lower(runner.state, runner.batch, runner.rng)
@@ -266,7 +280,7 @@ def main(argv=None) -> dict:
   for op, us in other_only.most_common(args.top):
     print(f"{us / 1e3 / args.steps:8.1f}  {op[-110:]}")
 
-  floor = tt.jax_matmul_floor(tt.forward_matmuls(cfg, b, li, lt))
+  floor = tt.jax_matmul_floor(bench.forward_matmuls(cfg, b, li, lt))
   update = optimizer_alone(runner.state.params)
   steps_s, floors_s, updates_s = [], [], []
   for _ in range(args.floor_repeats):

@@ -107,7 +107,7 @@ DEFAULT_SHAPES = {"tiny": (32, 256, 64), "small": (8, 128, 32)}
 
 
 def _log(msg: str) -> None:
-  print(f"[train_throughput] {msg}", file=sys.stderr, flush=True)
+  print(f"[{pathlib.Path(sys.argv[0]).stem}] {msg}", file=sys.stderr, flush=True)
 
 
 def cpu_model() -> str:
@@ -121,17 +121,23 @@ def cpu_model() -> str:
 
 
 # ----------------------------------------------------------------- configs
-def load_config(name: str, dropout: float, dtype: str):
-  """T5Config from gin_configs/models/flan_t5_<name>.gin, float32 overrides."""
+def gin_config(make: Callable, gin_file: str, bindings: list):
+  """`make()` (a gin-configurable config class) under a model gin + bindings,
+  found as the trainer finds it (its `include`s resolve); gin left clear."""
   import gin  # pylint: disable=g-import-not-at-top
-  from recjax.models import t5  # pylint: disable=g-import-not-at-top
+  from recjax.train import gin_utils  # pylint: disable=g-import-not-at-top
   gin.clear_config()
-  gin.parse_config_files_and_bindings(
-      [str(ROOT / "gin_configs" / "models" / f"flan_t5_{name}.gin")],
-      [f"ACTIVATION_DTYPE = '{dtype}'", f"DROPOUT_RATE = {dropout}"])
-  cfg = t5.T5Config()
+  gin_utils.parse_gin_flags([gin_file], bindings, finalize_config=False)
+  cfg = make()
   gin.clear_config()
   return cfg
+
+
+def load_config(name: str, dropout: float, dtype: str):
+  """T5Config from gin_configs/models/flan_t5_<name>.gin, float32 overrides."""
+  from recjax.models import t5  # pylint: disable=g-import-not-at-top
+  return gin_config(t5.T5Config, f"models/flan_t5_{name}.gin",
+                    [f"ACTIVATION_DTYPE = '{dtype}'", f"DROPOUT_RATE = {dropout}"])
 
 
 def hf_arch(cfg) -> dict:
@@ -167,10 +173,14 @@ def forward_matmuls(cfg, b: int, li: int, lt: int) -> list:
   return enc + dec + [(1, b * lt, d, v)]
 
 
+def matmul_train_flops(shapes: list) -> float:
+  """3 x the FLOPs of forward products (g, m, k, n): forward + 2 gradients."""
+  return 3.0 * sum(2 * g * m * k * n for g, m, k, n in shapes)
+
+
 def train_flops(cfg, b: int, li: int, lt: int) -> float:
   """Exact matmul FLOPs of one training step (3 x forward; see module doc)."""
-  return 3.0 * sum(2 * g * m * k * n
-                   for g, m, k, n in forward_matmuls(cfg, b, li, lt))
+  return matmul_train_flops(forward_matmuls(cfg, b, li, lt))
 
 
 def approx_6nd_flops(cfg, b: int, li: int, lt: int) -> float:
@@ -253,14 +263,19 @@ def jax_matmul_floor(shapes: list) -> Callable[[int], float]:
 
 
 class RecjaxRunner:
-  """The trainer's jitted, donated train step on one fixed batch."""
+  """The trainer's jitted, donated train step on one fixed batch.
 
-  def __init__(self, cfg, batch: dict, seed: int):
+  `model` is a `model_api.BaseModel`; None = FLAN-T5 `cfg` in an
+  `EncoderDecoderModel` (decoder_train_throughput.py passes its own).
+  """
+
+  def __init__(self, cfg, batch: dict, seed: int, model=None):
     import jax  # pylint: disable=g-import-not-at-top
-    from recjax.models import t5  # pylint: disable=g-import-not-at-top
     from recjax.train import model_api, optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top,g-multiple-import
     self._jax = jax
-    model = model_api.EncoderDecoderModel(t5.Transformer(cfg))
+    if model is None:
+      from recjax.models import t5  # pylint: disable=g-import-not-at-top
+      model = model_api.EncoderDecoderModel(t5.Transformer(cfg))
     partitioner = partitioning.Partitioner()
     shapes = {k: v.shape for k, v in batch.items()}
     rng = jax.random.PRNGKey(seed)
@@ -296,12 +311,13 @@ class RecjaxRunner:
 
 # ----------------------------------------------------------------- torch side
 class TorchRunner:
-  """The PyTorch helper process, driven over a pipe (see _torch_t5_train.py)."""
+  """The PyTorch helper process, driven over a pipe (see _torch_t5_train.py;
+  `helper` is another script serving the same protocol)."""
 
   def __init__(self, python: str, arch: dict, b: int, li: int, lt: int,
                warmup: int, threads: int, matmul_size: int, seed: int,
-               malloc_tuning: bool = False):
-    cmd = [python, str(HELPER), "--arch", json.dumps(arch),
+               malloc_tuning: bool = False, helper: pathlib.Path = HELPER):
+    cmd = [python, str(helper), "--arch", json.dumps(arch),
            "--batch_size", str(b), "--inputs_length", str(li),
            "--targets_length", str(lt), "--warmup_steps", str(warmup),
            "--threads", str(threads), "--matmul_size", str(matmul_size),
@@ -371,19 +387,39 @@ def bench_config(name: str, args, torch_python: Optional[str],
   b, li, lt = (getattr(args, f"{name}_batch"), getattr(args, f"{name}_inputs"),
                getattr(args, f"{name}_targets"))
   cfg = load_config(name, args.dropout, args.dtype)
+  return bench_model(
+      name, args, torch_python, jax_peak, b, li, lt,
+      shapes=forward_matmuls(cfg, b, li, lt),
+      flops_6nd=approx_6nd_flops(cfg, b, li, lt), arch=hf_arch(cfg),
+      dropout=cfg.dropout_rate, dtype=cfg.dtype,
+      make_recjax=lambda: RecjaxRunner(
+          cfg, make_batch(cfg.vocab_size, b, li, lt, args.seed), args.seed))
+
+
+def bench_model(name: str, args, torch_python: Optional[str], jax_peak: float,
+                b: int, li: int, lt: int, *, shapes: list, flops_6nd: float,
+                arch: dict, dropout: float, dtype: str,
+                make_recjax: Callable[[], RecjaxRunner],
+                helper: pathlib.Path = HELPER) -> dict:
+  """One table row: recjax's step and the torch `helper`'s, interleaved.
+
+  `shapes` are the forward matmuls (g, m, k, n) of one step (the FLOPs count
+  and the matmul floors); `arch` goes to the helper as --arch JSON.
+  """
   tokens = b * (li + lt)
-  flops = train_flops(cfg, b, li, lt)
+  flops = matmul_train_flops(shapes)
   _log(f"{name}: batch {b}, inputs {li}, targets {lt}, dropout "
-       f"{cfg.dropout_rate}, dtype {cfg.dtype}, {tokens} tokens/step, "
+       f"{dropout}, dtype {dtype}, {tokens} tokens/step, "
        f"{flops / 1e9:.1f} GFLOP/step")
 
   torch_runner = None
   if torch_python:
     t0 = time.perf_counter()
-    torch_runner = TorchRunner(torch_python, hf_arch(cfg), b, li, lt,
+    torch_runner = TorchRunner(torch_python, arch, b, li, lt,
                                args.warmup_steps, args.threads,
                                args.matmul_size, args.seed,
-                               malloc_tuning=args.malloc_tuning == "both")
+                               malloc_tuning=args.malloc_tuning == "both",
+                               helper=helper)
     _log(f"{name}: torch ready in {time.perf_counter() - t0:.1f}s "
          f"({torch_runner.info['params']} params, "
          f"{torch_runner.info['threads']} threads; s/step by threads "
@@ -391,13 +427,11 @@ def bench_config(name: str, args, torch_python: Optional[str],
          f"OMP_WAIT_POLICY={torch_runner.info.get('omp_wait_policy')})")
   try:
     t0 = time.perf_counter()
-    runner = RecjaxRunner(cfg, make_batch(cfg.vocab_size, b, li, lt,
-                                          args.seed), args.seed)
+    runner = make_recjax()
     runner.run(1)  # compile
     compile_s = time.perf_counter() - t0
     # The matmul floors before the warm-up, so that their large buffers are
     # allocated before, not between, the timed repeats.
-    shapes = forward_matmuls(cfg, b, li, lt)
     floor = jax_matmul_floor(shapes)
     jf = [floor(3) for _ in range(args.repeats)]
     tf = ([torch_runner.matmul_floor_s(shapes) for _ in range(args.repeats)]
@@ -437,10 +471,10 @@ def bench_config(name: str, args, torch_python: Optional[str],
   peak = max(jax_peak, torch_peak or 0.0)
   j_step = statistics.median(jt) / args.steps
   row = {"config": name, "batch": b, "inputs_length": li,
-         "targets_length": lt, "dropout": cfg.dropout_rate,
+         "targets_length": lt, "dropout": dropout,
          "params": int(runner.params), "tokens_per_step": tokens,
          "gflop_per_step": flops / 1e9,
-         "gflop_per_step_6nd": approx_6nd_flops(cfg, b, li, lt) / 1e9,
+         "gflop_per_step_6nd": flops_6nd / 1e9,
          "recjax_s_per_step": j_step,
          "recjax_tokens_per_s": tokens / j_step,
          "recjax_gflops": flops / j_step / 1e9,
@@ -468,11 +502,13 @@ def _fmt(x, spec: str) -> str:
   return "n/a" if x is None else format(x, spec)
 
 
-def main(argv=None) -> dict:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--configs", default="tiny,small",
-                 help="comma-separated gin_configs/models/flan_t5_<name>.gin")
-  for name, (b, li, lt) in DEFAULT_SHAPES.items():
+def parse_args(argv, doc: str, configs: str, configs_help: str,
+               shapes: dict) -> argparse.Namespace:
+  """The flags shared with decoder_train_throughput.py; `shapes` maps each
+  config name to its default (batch, inputs, targets)."""
+  p = argparse.ArgumentParser(description=doc.split("\n")[0])
+  p.add_argument("--configs", default=configs, help=configs_help)
+  for name, (b, li, lt) in shapes.items():
     p.add_argument(f"--{name}_batch", type=int, default=b)
     p.add_argument(f"--{name}_inputs", type=int, default=li)
     p.add_argument(f"--{name}_targets", type=int, default=lt)
@@ -502,7 +538,12 @@ def main(argv=None) -> dict:
                  "like) = PyTorch's process gets the same settings through "
                  "glibc's MALLOC_* variables; 'recjax' = recjax as launched "
                  "vs PyTorch as shipped; 'none' = glibc defaults for both")
-  args = p.parse_args(argv)
+  return p.parse_args(argv)
+
+
+def prepare(args) -> tuple[Optional[str], float]:
+  """Tunes malloc, checks the torch python; (torch python or None, jnp.dot
+  GFLOP/s)."""
   if args.malloc_tuning != "none":
     # Before JAX starts its threads, exactly as recjax.main does.
     from recjax import host_malloc  # pylint: disable=g-import-not-at-top
@@ -523,10 +564,13 @@ def main(argv=None) -> dict:
   jax_peak = jax_matmul_gflops(args.matmul_size, 10)
   _log(f"jax {jax.__version__} on {jax.devices()}; jnp.dot {args.matmul_size}^3 "
        f"float32: {jax_peak:.1f} GFLOP/s")
+  return torch_python, jax_peak
 
-  rows = [bench_config(name.strip(), args, torch_python, jax_peak)
-          for name in args.configs.split(",") if name.strip()]
 
+def report(rows: list, args, main_config: str, goal: float) -> dict:
+  """Prints the table and the figures below it, then the JSON last line for
+  the `main_config` row (the last row if it was not run)."""
+  import jax  # pylint: disable=g-import-not-at-top
   print(f"machine: {os.cpu_count()} CPUs, {cpu_model()}; jax "
         f"{jax.__version__}; float32; dropout {args.dropout}; median of "
         f"{args.repeats} x {args.steps} steps; malloc tuning: "
@@ -561,12 +605,12 @@ def main(argv=None) -> dict:
                 r["pytorch_matmul_floor_interleaved_s"])
       j_out = r["recjax_s_per_step"] - jf
       t_out = r["pytorch_s_per_step"] - tf
-      room = r["pytorch_s_per_step"] / 1.5 - jf
+      room = r["pytorch_s_per_step"] / goal - jf
       print(f"{r['config']}: matmuls alone, timed after each repeat's steps "
             f"(median): {jf:.3f} s in XLA, {tf:.3f} s in torch; outside the "
             f"matmul kernels: recjax {j_out:.3f} s, PyTorch {t_out:.3f} s per "
-            f"step; a 1.5x step would leave {room:.3f} s for it")
-  main_row = next((r for r in rows if r["config"] == "small"), rows[-1])
+            f"step; a {goal}x step would leave {room:.3f} s for it")
+  main_row = next((r for r in rows if r["config"] == main_config), rows[-1])
   result = {"config": main_row["config"],
             "recjax_tokens_per_s": main_row["recjax_tokens_per_s"],
             "pytorch_tokens_per_s": main_row["pytorch_tokens_per_s"],
@@ -575,6 +619,16 @@ def main(argv=None) -> dict:
             "malloc_tuning": args.malloc_tuning, "rows": rows}
   print(json.dumps(result), flush=True)
   return result
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv, __doc__, "tiny,small",
+                    "comma-separated gin_configs/models/flan_t5_<name>.gin",
+                    DEFAULT_SHAPES)
+  torch_python, jax_peak = prepare(args)
+  rows = [bench_config(name.strip(), args, torch_python, jax_peak)
+          for name in args.configs.split(",") if name.strip()]
+  return report(rows, args, "small", goal=1.5)
 
 
 if __name__ == "__main__":

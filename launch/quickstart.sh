@@ -2,19 +2,33 @@
 # The main job, end to end on the embedded synthetic world (CPU, offline):
 #   1. prepare the synthetic world (catalogue + logs -> k-core, leave-one-out
 #      split, prompt task files, a SentencePiece vocabulary);
-#   2. train the tiny FLAN-T5 on synthetic_rec and, with the same budget, on
-#      synthetic_rec_aux (rec tasks + MIM/MLM/BPR/item-ID auxiliary tasks);
+#   2. train, with the same budget, the tiny FLAN-T5 and a tiny decoder-only
+#      (Llama-architecture) LM from scratch on synthetic_rec_aux (rec tasks +
+#      MIM/MLM/BPR/item-ID auxiliary tasks: the alignment method);
 #   3. evaluate both on the test split: retrieval by constrained beam search
 #      (20 beams over the catalogue trie), ranking of 20 candidates by
 #      likelihood, rating RMSE;
 #   4. train and evaluate Pop, BPR-MF and SASRec on the same split;
 #   5. print the comparison table and save results.{md,json,png}.
 #
+# `bash launch/quickstart.sh --all` adds the comparison rows: the tiny FLAN-T5
+# trained on synthetic_rec alone (rec tasks without the auxiliary ones). The
+# README says what each row costs.
+#
 # Everything goes to $RECJAX_QUICKSTART_DIR (default
 # $RECJAX_DATA_DIR/quickstart, i.e. ~/.cache/recjax/quickstart), which is
 # replaced on every run. QUICKSTART_STEPS overrides the training steps of each
 # LM run (default: TRAIN_STEPS of gin_configs/runs/quickstart.gin).
 set -euo pipefail
+ALL=0
+for arg in "$@"; do
+  case "$arg" in
+    --all) ALL=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "quickstart.sh: unknown argument '$arg' (valid: --all, --help)" >&2
+       exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 source launch/_venv.sh
 ensure_venv
@@ -43,24 +57,34 @@ stage "1/5 prepare the synthetic world -> $DATA"
   --prompt=mim_examples_per_user=10 --prompt=bpr_pairs_per_user=10
 "$PY" -m recjax.main show --task=synthetic_rec,synthetic_rec_aux -n 0
 
-for MIX in rec rec_aux; do
-  stage "2/5 train the tiny FLAN-T5 on synthetic_$MIX -> $OUT/train_$MIX"
-  "$PY" -m recjax.main train --gin_file=models/flan_t5_tiny.gin \
+# Runs: "label|model gin|mixture|dir". The default trains one row per
+# method; --all adds the comparison rows.
+RUNS=("tiny FLAN-T5, rec+aux|models/flan_t5_tiny.gin|synthetic_rec_aux|t5_rec_aux"
+      "tiny decoder-only, rec+aux|models/decoder_tiny.gin|synthetic_rec_aux|dec_rec_aux")
+if (( ALL )); then
+  RUNS+=("tiny FLAN-T5, rec|models/flan_t5_tiny.gin|synthetic_rec|t5_rec")
+fi
+
+for RUN in "${RUNS[@]}"; do
+  IFS='|' read -r LABEL GIN MIX NAME <<< "$RUN"
+  stage "2/5 train $LABEL ($GIN on $MIX) -> $OUT/train_$NAME"
+  "$PY" -m recjax.main train --gin_file="$GIN" \
     --gin_file=runs/quickstart.gin \
-    --gin.MIXTURE_OR_TASK_NAME="'synthetic_$MIX'" \
-    --gin.MODEL_DIR="'$OUT/train_$MIX'" "${STEPS[@]}"
+    --gin.MIXTURE_OR_TASK_NAME="'$MIX'" \
+    --gin.MODEL_DIR="'$OUT/train_$NAME'" "${STEPS[@]}"
 done
 
-for MIX in rec rec_aux; do
-  stage "3/5 evaluate the synthetic_$MIX model on the test split -> $OUT/eval_$MIX"
-  "$PY" -m recjax.main eval --gin_file=models/flan_t5_tiny.gin \
+for RUN in "${RUNS[@]}"; do
+  IFS='|' read -r LABEL GIN MIX NAME <<< "$RUN"
+  stage "3/5 evaluate $LABEL on the test split -> $OUT/eval_$NAME"
+  "$PY" -m recjax.main eval --gin_file="$GIN" \
     --gin_file=runs/eval.gin \
     --gin.ACTIVATION_DTYPE="'float32'" \
     --gin.evaluate.auto_vocab_size=True \
     --gin.MIXTURE_OR_TASK_NAME="'synthetic_rec'" \
     --gin.TASK_FEATURE_LENGTHS="{'inputs': 512, 'targets': 16}" \
-    --gin.CHECKPOINT_PATH="'$OUT/train_$MIX'" \
-    --gin.EVAL_OUTPUT_DIR="'$OUT/eval_$MIX'"
+    --gin.CHECKPOINT_PATH="'$OUT/train_$NAME'" \
+    --gin.EVAL_OUTPUT_DIR="'$OUT/eval_$NAME'"
 done
 
 # SASRec is capped at 3 epochs to fit the time budget (its default is 30
@@ -74,13 +98,15 @@ for SPEC in pop bpr "sasrec --epochs=3"; do
 done
 
 stage "5/5 results -> $OUT/results.{md,json,png}"
-"$PY" -m recjax.infer.report \
-  --lm "tiny FLAN-T5, rec=$OUT/eval_rec" \
-  --lm "tiny FLAN-T5, rec+aux=$OUT/eval_rec_aux" \
+REPORT=()
+for RUN in "${RUNS[@]}"; do
+  IFS='|' read -r LABEL GIN MIX NAME <<< "$RUN"
+  REPORT+=(--lm "$LABEL=$OUT/eval_$NAME" --curves "$LABEL=$OUT/train_$NAME")
+done
+"$PY" -m recjax.infer.report "${REPORT[@]}" \
   --baseline "Pop=$OUT/baseline_pop" \
   --baseline "BPR-MF=$OUT/baseline_bpr" \
   --baseline "SASRec=$OUT/baseline_sasrec" \
-  --curves "rec=$OUT/train_rec" --curves "rec+aux=$OUT/train_rec_aux" \
   --output "$OUT"
 echo
 echo "Done in $(( (SECONDS - START) / 60 ))m$(( (SECONDS - START) % 60 ))s. Table: $OUT/results.md  Plot: $OUT/results.png"

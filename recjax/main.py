@@ -7,7 +7,9 @@ lists what `prepare` takes. T5X users will recognise `train`:
 from __future__ import annotations
 
 import importlib.util  # noqa: F401  (gin-config 0.5.0 needs it before gin)
+import logging as std_logging
 import os
+import re
 import sys
 import time
 from typing import Callable, Sequence
@@ -47,8 +49,16 @@ def _define_prepare_flags():
   flags.DEFINE_integer("num_negatives", 99, "Ranking negatives per example.")
   flags.DEFINE_integer("seed", 0, "Seed for every sampled choice in prompts.")
   flags.DEFINE_list("tasks", None, "Tasks to write (default: all that apply).")
-  flags.DEFINE_string("vocab", None, "Existing SentencePiece model (e.g. "
-                      "FLAN-T5's spiece.model) instead of training one.")
+  flags.DEFINE_string("vocab", None, "Existing vocabulary instead of "
+                      "training one: a SentencePiece model (FLAN-T5's "
+                      "spiece.model, Llama-2's tokenizer.model), or a Hugging "
+                      "Face tokenizer.json or checkpoint directory holding "
+                      "one (decoder-only models).")
+  flags.DEFINE_integer("pad_swap_id", None, "With a Hugging Face --vocab "
+                       "whose id 0 is a real token (Llama-3, Qwen2): the id "
+                       "exchanged with 0 (default: the tokenizer's pad "
+                       "token); the model's DecoderOnlyConfig.pad_swap_id "
+                       "must match.")
   flags.DEFINE_integer("vocab_size", None, "Size of the trained vocabulary.")
   flags.DEFINE_multi_string("option", [], "Loader option KEY=VALUE, e.g. "
                             "num_users=5000 for synthetic or "
@@ -57,6 +67,21 @@ def _define_prepare_flags():
                             "KEY=VALUE (see recjax/prompts/common.py), e.g. "
                             "mim_examples_per_user=5 or bpr_pairs_per_user=10.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+  _define_beam_flags()
+  flags.DEFINE_bool("beam", False, "Write the task files with the Apache "
+                    "Beam pipeline (recjax/data/beam_prepare.py; needs the "
+                    "`beam` extra); the same files as without it.")
+  flags.DEFINE_integer("num_shards", None, "Files per task and split "
+                       "(default: one per 250k interactions, at most 16).")
+
+
+def _define_beam_flags():
+  flags.DEFINE_string("runner", "DirectRunner", "Beam runner: DirectRunner, "
+                      "DataflowRunner, FlinkRunner, SparkRunner, ...")
+  flags.DEFINE_integer("num_workers", 2, "DirectRunner worker processes.")
+  flags.DEFINE_multi_string("pipeline_option", [], "Passed to Beam's "
+                            "PipelineOptions as is, e.g. "
+                            "--pipeline_option=--project=my-project.")
 
 
 def _parse_options(pairs: Sequence[str]) -> dict:
@@ -109,9 +134,16 @@ def _prepare(argv):
   _quiet_logs()
   from recjax.data import prepare as prepare_lib
   from recjax.data.prepared import atomic_directory, data_root
+  from recjax import vocabularies
   from recjax.prompts import PromptConfig
   from recjax.prompts import export
 
+  pad_swap_id = "auto" if FLAGS.pad_swap_id is None else FLAGS.pad_swap_id
+  if FLAGS.vocab:  # fail before the (long) preparation, in one line
+    try:
+      vocabularies.load_vocabulary(FLAGS.vocab, pad_swap_id=pad_swap_id)
+    except ValueError as e:
+      raise app.UsageError(f"--vocab {FLAGS.vocab}: {e}") from e
   name = FLAGS.name or (FLAGS.source if FLAGS.source == "synthetic" or
                         not FLAGS.input else
                         os.path.basename(os.path.normpath(FLAGS.input)))
@@ -125,9 +157,16 @@ def _prepare(argv):
         max_history=FLAGS.max_history, options=_parse_options(FLAGS.option))
     data.write_into(tmp)
     config = _prompt_config(PromptConfig, FLAGS.prompt)
-    manifest = export.write_task_files(
-        data, tmp, config=config, seed=FLAGS.seed, tasks=FLAGS.tasks,
-        vocab_model=FLAGS.vocab, vocab_size=FLAGS.vocab_size)
+    kwargs = dict(config=config, seed=FLAGS.seed, tasks=FLAGS.tasks,
+                  vocab_model=FLAGS.vocab, vocab_size=FLAGS.vocab_size,
+                  pad_swap_id=pad_swap_id, num_shards=FLAGS.num_shards)
+    if FLAGS.beam:
+      from recjax.data import beam_prepare
+      manifest = beam_prepare.write_task_files(
+          data, tmp, runner=FLAGS.runner, num_workers=FLAGS.num_workers,
+          pipeline_args=FLAGS.pipeline_option, **kwargs)
+    else:
+      manifest = export.write_task_files(data, tmp, **kwargs)
   print(f"[recjax] {data.num_users} users, {data.num_items} items, "
         f"{data.num_interactions} interactions; "
         f"{sum(sum(s.values()) for s in manifest['counts'].values())} examples "
@@ -164,6 +203,32 @@ def _show(argv):
     print()
 
 
+# ---------------------------------------------------------------- cache_tasks
+def _define_cache_tasks_flags():
+  flags.DEFINE_list("tasks", None, "Registered tasks or mixtures to cache "
+                    "(a mixture: its tasks).", required=True)
+  flags.DEFINE_string("output", None, "SeqIO cache directory; train from it "
+                      "with RECJAX_SEQIO_CACHE_DIRS=DIR and "
+                      "--gin.USE_CACHED_TASKS=True.", required=True)
+  flags.DEFINE_multi_string("prepared_dir", [], "Also register the tasks of "
+                            "these prepared directories (here and in the "
+                            "Beam workers).")
+  flags.DEFINE_bool("overwrite", False, "Re-cache tasks already cached in "
+                    "--output.")
+  _define_beam_flags()
+
+
+def _cache_tasks(argv):
+  del argv
+  _quiet_logs()
+  from seqio_tasks import cache
+  for d in cache.cache_tasks(
+      FLAGS.tasks, FLAGS.output, prepared_dirs=FLAGS.prepared_dir,
+      runner=FLAGS.runner, num_workers=FLAGS.num_workers,
+      pipeline_args=FLAGS.pipeline_option, overwrite=FLAGS.overwrite):
+    print(d)
+
+
 # ---------------------------------------------------------------- train
 def _define_gin_flags():
   flags.DEFINE_multi_string("gin_file", [], "Gin files, in order (model "
@@ -173,15 +238,20 @@ def _define_gin_flags():
                             "Where --gin_file names are looked up.")
   flags.DEFINE_bool("multi_host", False, "Call jax.distributed.initialize() "
                     "first (TPU pods and multi-node GPU; every host runs the "
-                    "same command and reads its own SeqIO shard).")
+                    "same command and reads its own SeqIO shard). The "
+                    "RECJAX_COORDINATOR_ADDRESS / RECJAX_NUM_PROCESSES / "
+                    "RECJAX_PROCESS_ID variables, if set, are its arguments.")
+
+
+def _maybe_multi_host():
+  from recjax.train import distributed  # pylint: disable=g-import-not-at-top
+  distributed.maybe_initialize(multi_host=FLAGS.multi_host)
 
 
 def _train(argv):
   del argv
   _quiet_logs()
-  if FLAGS.multi_host:
-    import jax
-    jax.distributed.initialize()
+  _maybe_multi_host()
   from recjax.train import train_main
   train_main.run_train(FLAGS.gin_file, FLAGS.gin_bindings,
                        FLAGS.gin_search_paths)
@@ -192,13 +262,38 @@ def _gin_job(job: str):
   def main(argv):
     del argv
     _quiet_logs()
-    if FLAGS.multi_host:
-      import jax
-      jax.distributed.initialize()
+    _maybe_multi_host()
     from recjax.infer import jobs_main
     jobs_main.JOBS[job](FLAGS.gin_file, FLAGS.gin_bindings,
                         FLAGS.gin_search_paths)
   return main
+
+
+# ---------------------------------------------------------------- export
+def _define_export_flags():
+  _define_gin_flags()
+  flags.DEFINE_string("checkpoint", None, "recjax model dir (latest step) or "
+                      "checkpoints/<step> dir.", required=True)
+  flags.DEFINE_string("output", None, "Hugging Face folder to write "
+                      "(model.safetensors + config.json), atomically.",
+                      required=True)
+  flags.DEFINE_bool("merge_lora", False, "Fold LoRA adapters into the "
+                    "kernels (needed for a checkpoint trained with LoRA).")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                    "Dtype of the written tensors.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output.")
+
+
+def _export(argv):
+  del argv
+  _quiet_logs()
+  from recjax.checkpoints import export
+  out = export.run_export(
+      FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths,
+      checkpoint=FLAGS.checkpoint, output=FLAGS.output,
+      merge_lora=FLAGS.merge_lora, dtype=FLAGS.dtype,
+      overwrite=FLAGS.overwrite)
+  print(out)
 
 
 # ---------------------------------------------------------------- baseline
@@ -252,10 +347,25 @@ def _baseline(argv):
         f"{m['wall_seconds']:.1f}s) -> {FLAGS.output}")
 
 
+# ---------------------------------------------------------------- aot
+def _define_aot_flags():
+  from recjax.train import aot_main
+  aot_main.define_flags()
+
+
+def _aot(argv):
+  del argv
+  _quiet_logs()
+  from recjax.train import aot_main
+  aot_main.run(FLAGS)
+
+
 COMMANDS: dict[str, tuple[Callable[[], None], Callable[[Sequence[str]], None],
                           str]] = {
     "prepare": (_define_prepare_flags, _prepare,
                 "raw logs -> prepared directory + task files + vocabulary"),
+    "cache_tasks": (_define_cache_tasks_flags, _cache_tasks,
+                    "SeqIO offline cache of tasks (Apache Beam)"),
     "show": (_define_show_flags, _show,
              "print decoded examples of a registered task or mixture"),
     "train": (_define_gin_flags, _train,
@@ -264,8 +374,12 @@ COMMANDS: dict[str, tuple[Callable[[], None], Callable[[Sequence[str]], None],
              "evaluate a checkpoint on rec tasks: metrics.json/.md (gin)"),
     "infer": (_define_gin_flags, _gin_job("infer"),
               "write sharded, resumable predictions or scores JSONL (gin)"),
+    "export": (_define_export_flags, _export,
+               "recjax checkpoint -> Hugging Face folder (--merge_lora)"),
     "baseline": (_define_baseline_flags, _baseline,
                  "train + evaluate Pop / BPR / SASRec on a prepared directory"),
+    "aot": (_define_aot_flags, _aot,
+            "will it fit? compile train/decode for a TPU slice, no TPU (gin)"),
 }
 
 
@@ -292,22 +406,103 @@ def run(argv: Sequence[str] | None = None) -> None:
           argv=[f"{argv[0]} {command}"] + gin_utils.rewrite_gin_args(argv[2:]))
 
 
-def _user_errors(command: str, main: Callable[[Sequence[str]], None]):
-  """Bad input and missing files end with one clear line, not a traceback."""
+class _ExpectedOrbaxNoise(std_logging.Filter):
+  """Drops orbax's "Metadata file does not exist" warning.
+
+  recjax's checkpoints carry no orbax checkpoint-level metadata file, so
+  orbax says so on every restore; every other orbax message still shows.
+  """
+
+  def filter(self, record):
+    return not ("orbax" in record.pathname and
+                str(record.msg).startswith("Metadata file does not exist"))
+
+
+_ORBAX_NOISE = _ExpectedOrbaxNoise()
+
+
+def quiet_expected_orbax_warnings() -> None:
+  """Installs the filter on absl's logger, which orbax logs through."""
+  logger = std_logging.getLogger("absl")
+  if _ORBAX_NOISE not in logger.filters:
+    logger.addFilter(_ORBAX_NOISE)
+
+
+def _user_error_line(e: BaseException) -> str | None:
+  """One line for an error caused by the user's input, else None (a bug).
+
+  Library messages already name the bad value; gin appends "In call to
+  configurable ..." context lines, which are dropped here.
+  """
   from recjax.data.errors import DataError
+  from recjax.train.checkpointing import CheckpointSaveError
+  if isinstance(e, DataError):
+    return f"bad input: {e}"
+  if isinstance(e, (app.UsageError, FileNotFoundError, FileExistsError,
+                    NotADirectoryError, IsADirectoryError,
+                    CheckpointSaveError)):
+    return str(e)
+  first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  if isinstance(e, SyntaxError):  # gin could not parse a file or a binding
+    where = (e.text or "").strip() or (e.filename or "")
+    msg = (e.msg or "").strip().splitlines()[-1:] or [""]
+    return (f"gin: cannot parse {where!r}: {msg[0].strip()}; strings need quotes, "
+            f"e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")
+  if not isinstance(e, (ValueError, KeyError, TypeError)):
+    return None
+  m = re.match(r"No Task or Mixture found with name '(.*)'", first)
+  if m:
+    return _unknown_task_line(m.group(1))
+  m = re.match(r"(\w+)/macro.value set to `%gin.REQUIRED`", first)
+  if m:
+    return (f"gin macro {m.group(1)} is required: give "
+            f"--gin.{m.group(1)}=... (strings quoted)")
+  m = re.match(r"No configurable matching '(.*)'", first)
+  if m:
+    import difflib  # pylint: disable=g-import-not-at-top
+    names = sorted({n.rsplit(".", 1)[-1] for n in gin_utils.configurables()})
+    close = difflib.get_close_matches(m.group(1), names, n=5, cutoff=0.5)
+    return (f"gin: no configurable {m.group(1)!r}" +
+            (f"; did you mean {', '.join(close)}?" if close else
+             f"; configurables: {', '.join(names)}"))
+  if isinstance(e, ValueError):
+    return first
+  return None
+
+
+def _unknown_task_line(name: str) -> str:
+  import seqio  # pylint: disable=g-import-not-at-top
+  tasks = sorted(n for n in seqio.TaskRegistry.names() if "_test" not in n)
+  mixtures = sorted(seqio.MixtureRegistry.names())
+  return (f"unknown task or mixture {name!r}; registered mixtures: "
+          f"{', '.join(mixtures) or '(none)'}; tasks: "
+          f"{', '.join(tasks) or '(none)'} (a dataset's tasks are registered "
+          f"once `recjax prepare` has written them)")
+
+
+def _user_errors(command: str, main: Callable[[Sequence[str]], None]):
+  """Every command's user errors end in one line naming the bad value, exit
+  status 1 (2 for bad flags); bugs keep their traceback, and --verbosity=1
+  shows it for user errors too. New commands in COMMANDS get this as is."""
 
   def wrapped(argv):
+    quiet_expected_orbax_warnings()
     try:
+      if "gin_bindings" in FLAGS:
+        gin_utils.check_bindings(FLAGS.gin_file, FLAGS.gin_bindings,
+                                 FLAGS.gin_search_paths)
       main(argv)
-    except DataError as e:
-      hint = ("" if command != "prepare" or FLAGS.on_error == "skip" else
-              "\n(--on_error=skip skips bad records and counts them in "
-              "stats.json)")
-      print(f"recjax {command}: bad input: {e}{hint}", file=sys.stderr)
-      sys.exit(1)
-    except (FileNotFoundError, FileExistsError) as e:
-      print(f"recjax {command}: {e}", file=sys.stderr)
-      sys.exit(1)
+    except Exception as e:  # pylint: disable=broad-except
+      line = _user_error_line(e)
+      if line is None or (FLAGS["verbosity"].present and FLAGS.verbosity > 0):
+        raise
+      hint = ""
+      if command == "prepare" and "bad input" in line and (
+          FLAGS.on_error != "skip"):
+        hint = ("\n(--on_error=skip skips bad records and counts them in "
+                "stats.json)")
+      print(f"recjax {command}: {line}{hint}", file=sys.stderr)
+      sys.exit(2 if isinstance(e, app.UsageError) else 1)
   return wrapped
 
 

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from recjax import vocabularies
 from recjax.prompts import ALL_TASKS, AUX_TASKS, REC_TASKS, TASK_SPLITS
 from recjax.prompts.export import read_manifest
 # Layering exception: recjax.infer.metrics is pure numpy (no recjax.train, no
@@ -94,12 +95,24 @@ def densify_candidates(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def default_vocabulary(prepared_dir: str | os.PathLike
-                       ) -> seqio.SentencePieceVocabulary:
-  """The embedded default: `vocab/spiece.model` + 100 extra ids (loaded lazily)."""
-  return seqio.SentencePieceVocabulary(
-      str(pathlib.Path(prepared_dir).expanduser() / "vocab" / "spiece.model"),
-      extra_ids=EXTRA_IDS)
+def default_vocabulary(prepared_dir: str | os.PathLike) -> seqio.Vocabulary:
+  """The vocabulary the prepared directory's manifest names.
+
+  The embedded default (and any directory without `vocabulary_options` in its
+  manifest, or not yet prepared) is `vocab/spiece.model` + 100 extra ids,
+  loaded lazily. A vocabulary given to `recjax prepare --vocab` (e.g. a
+  Hugging Face `vocab/tokenizer.json`) is loaded now through
+  `recjax.vocabularies.load_vocabulary` with the recorded options.
+  """
+  prepared_dir = pathlib.Path(prepared_dir).expanduser()
+  manifest = read_manifest(prepared_dir) or {}
+  options = manifest.get("vocabulary_options")
+  if options is None:
+    return seqio.SentencePieceVocabulary(
+        str(prepared_dir / "vocab" / "spiece.model"), extra_ids=EXTRA_IDS)
+  return vocabularies.load_vocabulary(
+      prepared_dir / manifest.get("vocabulary", "vocab/spiece.model"),
+      **options)
 
 
 def dataset_name_for(prepared_dir: str | os.PathLike) -> str:
@@ -135,8 +148,10 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
       `recjax.prompts.export.write_task_files` (may be created later).
     dataset_name: prefix of the names (default: the manifest's dataset name,
       else the directory name), lower-cased, non-word characters -> '_'.
-    vocabulary: vocabulary of inputs and targets (default: the directory's
-      `vocab/spiece.model` with 100 extra ids); e.g. FLAN-T5's spiece.model.
+    vocabulary: vocabulary of inputs and targets (default:
+      `default_vocabulary(prepared_dir)`: the directory's `vocab/spiece.model`
+      with 100 extra ids, or the vocabulary `recjax prepare --vocab` recorded,
+      e.g. a Hugging Face tokenizer.json); e.g. FLAN-T5's spiece.model.
     rec_aux_rates: mixing rates of `<dataset>_rec_aux` by task (short or full
       name); missing tasks get the default, training-example count (x0.5 for
       auxiliary tasks).

@@ -88,3 +88,16 @@ def test_mf_scores_and_axes():
   full, pair, loss = run(params)
   np.testing.assert_allclose(full[1, 3], pair[0], rtol=1e-6)
   np.testing.assert_allclose(loss, np.log(2), rtol=1e-6)  # equal scores
+
+
+def test_mf_init_is_torch_xavier_normal():
+  # RecBole's BPR: torch.nn.init.xavier_normal_, an untruncated normal with
+  # std sqrt(2 / (fan_in + fan_out)); flax's xavier_normal is truncated at 2 std.
+  model = MF(num_users=4000, num_items=64, embed_dim=64)
+  params = nn.unbox(jax.jit(model.init)(
+      jax.random.PRNGKey(0), jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.int32))["params"])
+  w = np.asarray(params["user_embedding"])
+  std = np.sqrt(2 / (4000 + 64))
+  assert abs(w.std() / std - 1) < 0.01
+  # Beyond 2 std: 4.55% for a normal, 0 for the truncated one.
+  assert abs(np.mean(np.abs(w) > 2 * std) - 0.0455) < 0.003

@@ -1,6 +1,9 @@
-"""recjax.checkpoints: the real T5X fixture, tensorstore arrays, shape checks."""
+"""recjax.checkpoints: the real T5X fixture (when ../shared is present), and
+msgpack/tensorstore reading and writing, shape checks and partial loads on
+random parameters (always)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from flax import serialization
@@ -12,11 +15,17 @@ import tensorstore as ts
 from recjax import checkpoints
 from recjax.checkpoints import t5x
 from recjax.models import t5
+from recjax.train import test_utils
 
 # The T5X fixture's architecture (see shared/testdata/t5x_tiny/SOURCE.md).
 FIXTURE_CFG = t5.T5Config(vocab_size=32128, emb_dim=8, num_heads=4, head_dim=3,
                           mlp_dim=16, num_encoder_layers=2,
                           num_decoder_layers=2, dtype='float32')
+# Random parameters of the same architecture (small vocabulary) for the
+# reader/writer tests, which must run without ../shared.
+RANDOM_CFG = dataclasses.replace(FIXTURE_CFG, vocab_size=256)
+GOLDEN = os.path.join(os.path.dirname(__file__), 'testdata',
+                      't5x_tiny_golden.npz')
 
 
 @pytest.fixture(scope='module')
@@ -33,6 +42,11 @@ def fixture_params(fixture_path):
                                  expected_shapes=t5.param_shapes(FIXTURE_CFG))
 
 
+@pytest.fixture(scope='module')
+def random_params():
+  return test_utils.random_t5_params(RANDOM_CFG, seed=3)
+
+
 def test_t5x_fixture_tree_equals_recjax_tree(fixture_path, fixture_params):
   # Same names and shapes as recjax's own tree (check_params passed), and
   # the values are the file's, bit for bit.
@@ -47,25 +61,35 @@ def test_t5x_fixture_tree_equals_recjax_tree(fixture_path, fixture_params):
 
 
 def test_t5x_fixture_forward(fixture_params):
+  """Logits of the real T5X checkpoint equal Hugging Face T5's on the same
+  weights (tests/testdata/make_t5x_tiny_golden.py)."""
+  golden = np.load(GOLDEN)
   model = t5.Transformer(FIXTURE_CFG)
-  rng = np.random.RandomState(0)
-  enc = rng.randint(1, 32128, size=(2, 6)).astype(np.int32)
-  dec = rng.randint(1, 32128, size=(2, 4)).astype(np.int32)
-  logits = jax.jit(lambda p: model.apply({'params': p}, enc, dec, dec,
-                                         enable_dropout=False))(fixture_params)
-  assert logits.shape == (2, 4, 32128) and logits.dtype == np.float32
-  assert np.isfinite(np.asarray(logits)).all()
+  dec = golden['decoder_input_tokens']  # starts with 0, the start token
+  targets = np.ones_like(dec)  # only their padding (none here) matters
+  logits = jax.jit(lambda p: model.apply(
+      {'params': p}, golden['encoder_input_tokens'], dec, targets,
+      enable_dropout=False))(fixture_params)
+  assert logits.shape == dec.shape + (32128,) and logits.dtype == np.float32
+  logits = np.asarray(logits, np.float64)
+  np.testing.assert_allclose(logits[..., golden['columns']],
+                             golden['logits_columns'], rtol=0, atol=1e-4)
+  np.testing.assert_allclose(
+      np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) +
+      logits.max(-1), golden['logsumexp'], rtol=0, atol=1e-4)
+  # Positions differ (so the comparison is not of a constant).
+  assert np.ptp(golden['logits_columns'][0, :, 0]) > 1e-3
 
 
-def test_t5x_msgpack_round_trip_is_bit_exact(tmp_path, fixture_params):
-  out = t5x.save_t5x_msgpack(fixture_params, str(tmp_path / 'ckpt.msgpack'))
+def test_t5x_msgpack_round_trip_is_bit_exact(tmp_path, random_params):
+  out = t5x.save_t5x_msgpack(random_params, str(tmp_path / 'ckpt.msgpack'))
   loaded = checkpoints.flatten_params(checkpoints.load_params(out))
-  flat = checkpoints.flatten_params(fixture_params)
+  flat = checkpoints.flatten_params(random_params)
   assert loaded.keys() == flat.keys()
   for k in flat:
     np.testing.assert_array_equal(loaded[k], flat[k], err_msg=k)
   # A T5X model dir with checkpoint_<step>/ folders resolves to the latest.
-  t5x.save_t5x_checkpoint(fixture_params, str(tmp_path / 'm' / 'checkpoint_5'))
+  t5x.save_t5x_checkpoint(random_params, str(tmp_path / 'm' / 'checkpoint_5'))
   t5x.save_t5x_checkpoint({'x': np.zeros(1)}, str(tmp_path / 'm' /
                                                   'checkpoint_2'))
   assert t5x.resolve_checkpoint_file(str(tmp_path / 'm')).endswith(
@@ -109,14 +133,14 @@ def _write_tensorstore_checkpoint(ckpt_dir, params, threshold):
     f.write(serialization.msgpack_serialize(state))
 
 
-def test_tensorstore_backed_checkpoint_loads(tmp_path, fixture_params):
+def test_tensorstore_backed_checkpoint_loads(tmp_path, random_params):
   ckpt_dir = str(tmp_path / 'checkpoint_1000')
-  _write_tensorstore_checkpoint(ckpt_dir, fixture_params, threshold=100)
+  _write_tensorstore_checkpoint(ckpt_dir, random_params, threshold=100)
   assert os.path.isdir(os.path.join(
       ckpt_dir, 'target.encoder.layers_0.mlp.wi_0.kernel'))
   loaded = checkpoints.flatten_params(checkpoints.load_params(
-      str(tmp_path), expected_shapes=t5.param_shapes(FIXTURE_CFG)))
-  flat = checkpoints.flatten_params(fixture_params)
+      str(tmp_path), expected_shapes=t5.param_shapes(RANDOM_CFG)))
+  flat = checkpoints.flatten_params(random_params)
   for k in flat:
     want = flat[k]
     if k == 'decoder/logits_dense/kernel':
@@ -124,7 +148,7 @@ def test_tensorstore_backed_checkpoint_loads(tmp_path, fixture_params):
     np.testing.assert_array_equal(loaded[k], want, err_msg=k)
     assert loaded[k].dtype == np.float32
   # recjax's own writer produces the same layout and reads back bit-exactly.
-  t5x.save_t5x_checkpoint(fixture_params, str(tmp_path / 'own'),
+  t5x.save_t5x_checkpoint(random_params, str(tmp_path / 'own'),
                           tensorstore_min_bytes=512)
   assert os.path.isdir(str(tmp_path / 'own' /
                            'target.token_embedder.embedding'))
@@ -139,14 +163,14 @@ def test_tensorstore_backed_checkpoint_loads(tmp_path, fixture_params):
     checkpoints.load_params(str(tmp_path / 'own'))
 
 
-def test_check_params_lists_every_problem(fixture_params):
-  flat = checkpoints.flatten_params(fixture_params)
+def test_check_params_lists_every_problem(random_params):
+  flat = checkpoints.flatten_params(random_params)
   del flat['encoder/layers_1/mlp/wo/kernel']
   del flat['decoder/decoder_norm/scale']
   flat['decoder/extra/kernel'] = np.zeros((2, 2), np.float32)
   flat['encoder/layers_0/attention/query/kernel'] = np.zeros((8, 13))
   with pytest.raises(ValueError) as err:
-    checkpoints.check_params(flat, t5.param_shapes(FIXTURE_CFG))
+    checkpoints.check_params(flat, t5.param_shapes(RANDOM_CFG))
   msg = str(err.value)
   for part in ('2 missing', 'encoder/layers_1/mlp/wo/kernel',
                'decoder/decoder_norm/scale', '1 unexpected',
@@ -155,19 +179,19 @@ def test_check_params_lists_every_problem(fixture_params):
                'model (8, 12))'):
     assert part in msg, (part, msg)
   # Loading against a different architecture fails the same way.
-  other = t5.T5Config(vocab_size=32128, emb_dim=8, num_heads=4, head_dim=3,
+  other = t5.T5Config(vocab_size=256, emb_dim=8, num_heads=4, head_dim=3,
                       mlp_dim=32, num_encoder_layers=3, num_decoder_layers=2)
   with pytest.raises(ValueError, match='encoder/layers_2/mlp/wo/kernel'):
-    checkpoints.check_params(fixture_params, t5.param_shapes(other))
+    checkpoints.check_params(random_params, t5.param_shapes(other))
 
 
-def test_partial_load_and_merge(tmp_path, fixture_params):
-  flat = checkpoints.flatten_params(fixture_params)
+def test_partial_load_and_merge(tmp_path, random_params):
+  flat = checkpoints.flatten_params(random_params)
   partial = {k: v for k, v in flat.items() if k.startswith('encoder/')}
   partial['adapter/kernel'] = np.ones((2, 2), np.float32)
   path = t5x.save_t5x_msgpack(checkpoints.unflatten_params(partial),
                               str(tmp_path / 'partial'))
-  shapes = t5.param_shapes(FIXTURE_CFG)
+  shapes = t5.param_shapes(RANDOM_CFG)
   with pytest.raises(ValueError, match='missing'):
     checkpoints.load_params(path, expected_shapes=shapes)
   loaded = checkpoints.load_params(path, expected_shapes=shapes, strict=False)

@@ -122,5 +122,78 @@ def test_baseline_command_writes_metrics_and_fails_cleanly(tmp_path):
   assert not (tmp_path / "bpr").exists()
   res = _recjax("baseline", "--model=pop", f"--data={data}",
                 f"--output={tmp_path / 'pop2'}", "--loss=ce")
-  assert res.returncode == 1 and "Traceback" not in res.stderr
+  assert res.returncode == 2 and "Traceback" not in res.stderr  # bad flag
   assert "--loss applies to --model=sasrec only" in res.stderr
+
+
+# ------------------------------------------------------------ user errors
+# Each class of user error ends in one line naming the bad value and the
+# valid choices, a non-zero exit and no traceback (issue 14, item 7).
+USER_ERRORS = {
+    "unknown_source": (["prepare", "--source=nosuch"],
+                       ["'nosuch'", "synthetic", "movielens"]),
+    "unknown_task_show": (["show", "--task=nosuch_task"],
+                          ["'nosuch_task'", "synthetic_rec"]),
+    "unknown_mixture_train": (
+        ["train", "--gin_file=runs/finetune.gin",
+         "--gin.MIXTURE_OR_TASK_NAME='nosuch_mix'",
+         "--gin.MODEL_DIR='/tmp/recjax_test_cli_unused'"],
+        ["'nosuch_mix'", "synthetic_rec", "synthetic_retrieval"]),
+    "unknown_macro": (["train", "--gin_file=runs/finetune.gin",
+                       "--gin.TRAIN_STEP=3"],
+                      ["TRAIN_STEP", "TRAIN_STEPS", "MODEL_DIR"]),
+    "unquoted_macro_value": (
+        ["eval", "--gin_file=runs/eval.gin",
+         "--gin.MIXTURE_OR_TASK_NAME=synthetic_rec"],
+        ["synthetic_rec", "strings need quotes"]),
+    "unknown_configurable": (["infer", "--gin_file=runs/infer.gin",
+                              "--gin.T5Confg.emb_dim=8"],
+                             ["'T5Confg'", "T5Config"]),
+    "unknown_gin_file": (["train", "--gin_file=runs/nosuch.gin"],
+                         ["runs/nosuch.gin", "gin_configs"]),
+    "required_macro": (["train", "--gin_file=runs/finetune.gin"],
+                       ["MODEL_DIR", "--gin.MODEL_DIR="]),
+    "missing_prepared_dir": (["baseline", "--model=pop",
+                              "--data=/nonexistent/recjax_prepared",
+                              "--output=/tmp/recjax_test_cli_unused_b"],
+                             ["/nonexistent/recjax_prepared",
+                              "recjax prepare"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_ERRORS))
+def test_user_errors_end_in_one_line(case):
+  args, must_name = USER_ERRORS[case]
+  res = _recjax(*args)
+  assert res.returncode != 0, res.stderr
+  assert "Traceback" not in res.stderr, res.stderr
+  lines = [l for l in res.stderr.strip().splitlines()
+           if not l.startswith("[recjax]")]
+  assert len(lines) == 1, res.stderr
+  assert lines[0].startswith(f"recjax {args[0]}: "), lines[0]
+  for part in must_name:
+    assert part in lines[0], (part, lines[0])
+
+
+def test_orbax_metadata_warning_is_filtered_and_others_kept():
+  """The expected "Metadata file does not exist" warning from orbax is
+  dropped by a filter on absl's logger only; other orbax warnings and the
+  same text from elsewhere still pass."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from recjax import main  # pylint: disable=g-import-not-at-top
+  main.quiet_expected_orbax_warnings()
+  main.quiet_expected_orbax_warnings()  # idempotent
+  absl_logger = logging.getLogger("absl")
+  assert absl_logger.filters.count(main._ORBAX_NOISE) == 1  # pylint: disable=protected-access
+  assert main._ORBAX_NOISE not in logging.getLogger().filters  # pylint: disable=protected-access
+  orbax_file = "/x/orbax/checkpoint/_src/metadata/checkpoint.py"
+
+  def record(pathname, msg):
+    return logging.LogRecord("absl", logging.WARNING, pathname, 1, msg,
+                             ("/ckpt/_CHECKPOINT_METADATA",), None)
+
+  assert not absl_logger.filter(record(orbax_file,
+                                       "Metadata file does not exist: %s"))
+  assert absl_logger.filter(record(orbax_file, "Something new: %s"))
+  assert absl_logger.filter(record("/x/recjax/train/trainer.py",
+                                   "Metadata file does not exist: %s"))

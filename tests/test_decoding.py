@@ -343,17 +343,30 @@ def test_constrained_beam_search_equals_brute_force_over_catalogue(model32):
 
 
 def test_constrained_beam_search_with_few_beams_returns_items(model32):
+  """3 beams < 10 items: distinct real items, each with its own score (the
+  length-penalised log-probability score_candidates gives that item)."""
   model, params = model32
   trie = trie_lib.CatalogueTrie.build(CATALOGUE, vocab_size=32)
   enc = _enc(32, batch=3)
+  length, alpha = 6, 0.6
   tokens, scores = _predict(model, decode_method='beam', num_decodes=3,
-                            max_decode_length=6)(
+                            max_decode_length=length, alpha=alpha)(
                                 params, {'encoder_input_tokens': enc},
                                 constraint=trie.constraint())
   items = trie.items_of(np.asarray(tokens))
   assert (items >= 0).all()
   assert all(len(set(row)) == 3 for row in items.tolist())
-  assert (np.diff(np.asarray(scores), axis=1) <= 0).all()
+  scores = np.asarray(scores)
+  assert (np.diff(scores, axis=1) <= 0).all()
+  cands = np.zeros((3, 3, length), np.int32)
+  for b, row in enumerate(items.tolist()):
+    for j, item in enumerate(row):
+      cands[b, j, :len(CATALOGUE[item]) + 1] = CATALOGUE[item] + [1]
+  lp = np.asarray(_jit_model_fn(predict.score_candidates, model)(
+      params, enc, jnp.asarray(cands)))
+  lens = np.array([[len(CATALOGUE[i]) + 1 for i in row] for row in items])
+  np.testing.assert_allclose(scores, lp / ((5 + lens) / 6) ** alpha,
+                             atol=1e-4)
   # Sampling under the same constraint also only yields items.
   s_tok, _ = _predict(model, decode_method='sample', num_decodes=16,
                       max_decode_length=6)(

@@ -24,7 +24,6 @@ from recjax.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(ROOT, 'gin_configs')
-HAVE_T5 = os.path.exists(os.path.join(ROOT, 'recjax', 'models', 't5.py'))
 MODEL_GINS = sorted(glob.glob(os.path.join(GIN_DIR, 'models', '*.gin')))
 RUN_GINS = sorted(glob.glob(os.path.join(GIN_DIR, 'runs', '*.gin')))
 OTHER_GINS = sorted(set(glob.glob(os.path.join(GIN_DIR, '**', '*.gin'),
@@ -41,6 +40,22 @@ TINY = [
     'T5Config.num_decoder_layers = 1',
     "T5Config.dtype = 'float32'",
 ]
+TINY_DECODER = [
+    'DecoderOnlyConfig.vocab_size = 384',
+    'DecoderOnlyConfig.emb_dim = 16',
+    'DecoderOnlyConfig.num_heads = 2',
+    'DecoderOnlyConfig.num_kv_heads = 1',
+    'DecoderOnlyConfig.head_dim = 8',
+    'DecoderOnlyConfig.mlp_dim = 32',
+    'DecoderOnlyConfig.num_layers = 1',
+    "DecoderOnlyConfig.dtype = 'float32'",
+    'DecoderOnlyConfig.pad_swap_id = None',
+]
+
+
+def _is_decoder_only(model_gin):
+  with open(model_gin, encoding='utf-8') as f:
+    return 'architectures/decoder_only.gin' in f.read()
 
 
 def _rel(path):
@@ -48,11 +63,7 @@ def _rel(path):
 
 
 def _base_model_gin():
-  for name in ('flan_t5_tiny.gin', 'flan_t5_small.gin'):
-    path = os.path.join(GIN_DIR, 'models', name)
-    if os.path.exists(path):
-      return [path]
-  return MODEL_GINS[:1]
+  return [os.path.join(GIN_DIR, 'models', 'flan_t5_tiny.gin')]
 
 
 def _binds_train(path):
@@ -72,8 +83,8 @@ def _clean_gin():
   gin.clear_config()
 
 
-def _run_bindings(model_dir, task):
-  return TINY + [
+def _run_bindings(model_dir, task, tiny=None):
+  return (tiny or TINY) + [
       f"MODEL_DIR = '{model_dir}'",
       f"MIXTURE_OR_TASK_NAME = '{task}'",
       f'TASK_FEATURE_LENGTHS = {LENGTHS!r}',
@@ -88,14 +99,14 @@ def test_configs_exist():
   assert {'finetune.gin', 'pretrain.gin'} <= names
 
 
-@pytest.mark.skipif(not HAVE_T5, reason='recjax/models/t5.py not written yet')
 @pytest.mark.parametrize('model_gin', MODEL_GINS, ids=_rel)
 def test_model_gin_builds_and_steps(model_gin):
   """Model gin + finetune run gin with tiny sizes: builds and traces a step."""
   task = test_utils.register_tiny_task()
   gin_utils.parse_gin_flags(
       [model_gin, 'runs/finetune.gin'],
-      _run_bindings('/tmp/unused', task))
+      _run_bindings('/tmp/unused', task,
+                    TINY_DECODER if _is_decoder_only(model_gin) else TINY))
   model = gin.query_parameter('%MODEL').scoped_configurable_fn()
   model = trainer.check_vocab_size(model, task)
   it = trainer.get_dataset_iterator(
@@ -123,11 +134,8 @@ def _one_step(model, batch):
   return loss, optax.tree.norm(updates)
 
 
-@pytest.mark.skipif(not HAVE_T5, reason='recjax/models/t5.py not written yet')
 @pytest.mark.parametrize('run_gin', RUN_GINS, ids=_rel)
 def test_run_gin_trains_one_step(run_gin, tmp_path):
-  if not _base_model_gin():
-    pytest.skip('no gin_configs/models/*.gin yet')
   task = test_utils.register_tiny_task()
   files = _base_model_gin() + [run_gin]
   if not _binds_train(run_gin):

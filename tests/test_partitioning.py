@@ -13,10 +13,13 @@ from recjax.train import partitioning
 from recjax.train import test_utils
 from recjax.train import trainer
 
-# T5X's `standard_logical_axis_rules` tables, written out by hand.
+# T5X's `standard_logical_axis_rules` tables, written out by hand, then
+# recjax's additions: grouped-query k/v heads split like 'heads', LoRA rank
+# replicated.
 _REPLICATED = [('relpos_buckets', None), ('abspos_buckets', None),
                ('length', None), ('layers', None), ('stack', None),
-               ('mlp_activations', None)]
+               ('mlp_activations', None), ('kv_heads', 'model'),
+               ('lora_rank', None)]
 _COMMON = [('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'),
            ('heads', 'model'), ('kv', None), ('joined_kv', 'model')]
 

@@ -233,26 +233,108 @@ def test_dropout_off_is_deterministic_and_on_is_random():
 
 
 def test_bfloat16_activations_and_remat():
+  """bfloat16 compute: logits near float32; with full remat the gradients
+  equal those without remat (recomputation must not change the math) and
+  stay near the float32 gradients."""
   cfg = dataclasses.replace(CFG, num_encoder_layers=1, num_decoder_layers=1)
   params = random_params(cfg, seed=5)
   rng = np.random.RandomState(5)
   enc, dec = _tokens(rng, ENC_SHAPE), _tokens(rng, DEC_SHAPE)
-  f32 = _jit_apply(cfg, enable_dropout=False)({'params': params}, enc, dec,
-                                              dec)
-  bf16_cfg = dataclasses.replace(cfg, dtype='bfloat16', remat_policy='full')
-  model = t5.Transformer(bf16_cfg)
+  weights = jnp.asarray(rng.randn(*DEC_SHAPE, cfg.vocab_size), jnp.float32)
 
-  def loss(p):
-    logits = model.apply({'params': p}, enc, dec, dec, enable_dropout=False)
-    return logits.sum(), logits
+  def grads_of(**overrides):
+    model = t5.Transformer(dataclasses.replace(cfg, **overrides))
 
-  (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    def loss(p):
+      logits = model.apply({'params': p}, enc, dec, dec, enable_dropout=False)
+      return (weights * logits).sum(), logits
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+  (_, f32), g_f32 = grads_of()
+  (_, out), g_remat = grads_of(dtype='bfloat16', remat_policy='full')
+  (_, out_plain), g_plain = grads_of(dtype='bfloat16')
   assert out.dtype == jnp.float32 and out.shape == (2, 6, 64)
   np.testing.assert_allclose(np.asarray(out), np.asarray(f32), atol=0.15)
-  assert jax.tree_util.tree_structure(grads) == (
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(out_plain))
+  assert jax.tree_util.tree_structure(g_remat) == (
       jax.tree_util.tree_structure(params))
-  wo = grads['encoder']['layers_0']['mlp']['wo']['kernel']
-  assert wo.dtype == jnp.float32 and float(jnp.abs(wo).sum()) > 0
+  flat = lambda g: checkpoints.flatten_params(jax.device_get(g))
+  g_remat, g_plain, g_f32 = flat(g_remat), flat(g_plain), flat(g_f32)
+  for name, g in g_remat.items():
+    assert g.dtype == np.float32, name
+    scale = float(np.abs(g_f32[name]).max())
+    assert scale > 0, name
+    # remat vs no remat: both bfloat16, same ops; only fusion may differ.
+    np.testing.assert_allclose(g, g_plain[name], rtol=0, atol=1e-2 * scale,
+                               err_msg=name)
+    np.testing.assert_allclose(g, g_f32[name], rtol=0, atol=0.1 * scale,
+                               err_msg=name)
+
+
+def _reference_bucket(relative_position: int, bidirectional: bool,
+                      num_buckets: int, max_distance: int) -> int:
+  """T5's bucket for one (memory - query) distance, written from the paper's
+  description (Raffel et al. 2020, sec. 2.1) as Hugging Face's
+  `T5Attention._relative_position_bucket` computes it: exact buckets for
+  the nearest half, logarithmic up to max_distance, then the last bucket;
+  bidirectional splits the buckets between keys after and before the query.
+  """
+  bucket = 0
+  if bidirectional:
+    num_buckets //= 2
+    if relative_position > 0:
+      bucket += num_buckets
+    distance = abs(relative_position)
+  else:
+    distance = max(-relative_position, 0)
+  max_exact = num_buckets // 2
+  if distance < max_exact:
+    return bucket + distance
+  # float32 as in HF (torch.log on a float32 tensor).
+  ratio = np.float32(np.log(np.float32(distance) / np.float32(max_exact)))
+  large = max_exact + int(ratio / np.float32(np.log(max_distance / max_exact))
+                          * np.float32(num_buckets - max_exact))
+  return bucket + min(large, num_buckets - 1)
+
+
+@pytest.mark.parametrize('bidirectional', [True, False])
+@pytest.mark.parametrize('num_buckets,max_distance', [(32, 128), (8, 20)])
+def test_relative_position_bucket_matches_reference(bidirectional, num_buckets,
+                                                    max_distance):
+  """Every distance in -300..300 (past max_distance both ways, so the exact,
+  logarithmic and clamped ranges are all hit)."""
+  distances = np.arange(-300, 301, dtype=np.int32)
+  got = t5.relative_position_bucket(distances, bidirectional=bidirectional,
+                                    num_buckets=num_buckets,
+                                    max_distance=max_distance)
+  want = np.array([_reference_bucket(int(d), bidirectional, num_buckets,
+                                     max_distance) for d in distances])
+  np.testing.assert_array_equal(got, want)
+  half = num_buckets // 2 if bidirectional else num_buckets
+  # Every bucket is used (but "distance 0, key after the query"), and the
+  # far ends land in the last bucket of their side.
+  assert set(got.tolist()) == set(range(num_buckets)) - (
+      {half} if bidirectional else set())
+  assert got[0] == half - 1  # distance -300: keys far before the query
+  if bidirectional:
+    assert got[-1] == num_buckets - 1  # +300: keys far after the query
+  else:
+    assert (got[300:] == 0).all()  # a decoder never sees keys after it
+
+
+def test_relative_position_bucket_hand_computed():
+  """FLAN-T5's encoder (32 buckets, max distance 128) at a few distances."""
+  got = t5.relative_position_bucket(
+      np.array([0, -1, -7, -8, -12, -16, -90, -91, -127, -128, -500, 1, 8, 500],
+               np.int32), bidirectional=True, num_buckets=32, max_distance=128)
+  # 16 per side, 8 exact; 8 + floor(log(n / 8) / log(16) * 8) beyond.
+  np.testing.assert_array_equal(
+      got, [0, 1, 7, 8, 9, 10, 14, 15, 15, 15, 15, 17, 24, 31])
+  dec = t5.relative_position_bucket(
+      np.array([0, -15, -16, -20, -112, -113, -1000, 3], np.int32),
+      bidirectional=False, num_buckets=32, max_distance=128)
+  np.testing.assert_array_equal(dec, [0, 15, 16, 17, 30, 31, 31, 0])
 
 
 @gin.configurable('test_t5_model_config_probe')
@@ -267,6 +349,8 @@ def _config_probe(config=None):
 def test_gin_model_configs(size, emb, mlp, layers, heads):
   gin.clear_config()
   try:
+    # The model gins include models/architectures/*.gin from gin_configs/.
+    gin.add_config_file_search_path(os.path.dirname(GIN_DIR))
     gin.parse_config_file(os.path.join(GIN_DIR, f'flan_t5_{size}.gin'))
     gin.parse_config('test_t5_model_config_probe.config = %MODEL_CONFIG')
     cfg = _config_probe()

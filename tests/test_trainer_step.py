@@ -1,11 +1,15 @@
-"""The jitted train step: sharded == single device, microbatches == full batch,
-frozen parameters stay bit-identical and carry no optimizer state."""
+"""The jitted train step: sharded == single device (parameters really split),
+microbatches == full batch (gradient norm and SGD parameters), frozen
+parameters stay bit-identical and carry no optimizer state."""
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
+import optax
 import pytest
 import seqio
 
@@ -35,8 +39,18 @@ def _input_shapes():
   return {k: (1, v) for k, v in lengths.items()}
 
 
-def _run(mesh_shape, tx_fn, num_microbatches=None, steps=2, frozen=(),
-         return_state=False):
+class Run(NamedTuple):
+  losses: list
+  grad_norms: list
+  state: trainer.TrainState   # on the devices, sharded as the step left it
+  init_params: dict           # host copy before the first step
+
+  @property
+  def params(self):
+    return jax.device_get(self.state.params)
+
+
+def _run(mesh_shape, tx_fn, num_microbatches=None, steps=2, frozen=()) -> Run:
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   part = partitioning.Partitioner(mesh_shape=mesh_shape, devices=devices)
   model = test_utils.tiny_model()
@@ -55,13 +69,12 @@ def _run(mesh_shape, tx_fn, num_microbatches=None, steps=2, frozen=(),
       in_shardings=(setup.state_shardings, shardings, part.replicated()),
       out_shardings=(setup.state_shardings, part.replicated()),
       donate_argnums=(0,))
-  losses = []
+  losses, grad_norms = [], []
   for b in batches[:steps]:
     state, m = step(state, part.shard_batch(b), jax.random.PRNGKey(1))
     losses.append(float(m['loss']))
-  if return_state:
-    return losses, state, init_params
-  return losses, jax.device_get(state.params)
+    grad_norms.append(float(m['grad_norm']))
+  return Run(losses, grad_norms, state, init_params)
 
 
 def _adafactor():
@@ -71,11 +84,48 @@ def _adafactor():
                               min_dim_size_to_factor=4)
 
 
+def _sgd():
+  # SGD with momentum: the update is linear in the gradients, so any error in
+  # the gradient's scale shows in the parameters (Adafactor is
+  # scale-invariant), and the momentum trace is optimizer state that frozen
+  # parameters must not get.
+  return optax.sgd(0.5, momentum=0.9)
+
+
 def _assert_trees_close(a, b):
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0],
                           jax.tree_util.tree_leaves(b)):
     np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL,
                                err_msg=optimizers.param_path(path))
+
+
+# (kernel, its spec on a ('data', 'model') mesh, per-device shard shape on
+# (2, 4)) under the default 1-D parameter rules: vocab, mlp and heads split
+# over 'model', embed kept whole.
+_SPLIT_ON_2X4 = {
+    'token_embedder/embedding': (P('model', None), (96, 16)),
+    'enc_wi/kernel': (P(None, 'model'), (16, 8)),
+    'enc_wo/kernel': (P('model', None), (8, 16)),
+    'query/kernel': (P(None, 'model', None), (16, 1, 4)),
+    'out/kernel': (P('model', None, None), (1, 4, 16)),
+    'dec_wi/kernel': (P(None, 'model'), (16, 8)),
+    'logits_dense/kernel': (P(None, 'model'), (16, 96)),
+}
+
+
+def _assert_split_on_2x4(params):
+  """Parameters are really split over 'model' (not replicated)."""
+  flat = {optimizers.param_path(p): x for p, x in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+  for name, (spec, shard_shape) in _SPLIT_ON_2X4.items():
+    x = flat[name]
+    got = tuple(x.sharding.spec)
+    got += (None,) * (len(spec) - len(got))  # P('model') == P('model', None)
+    assert got == tuple(spec), (name, x.sharding.spec)
+    shapes = {s.data.shape for s in x.addressable_shards}
+    assert shapes == {shard_shape}, (name, shapes)
+    assert len(x.addressable_shards) == 8
+  assert flat['final_scale'].sharding.is_fully_replicated
 
 
 @pytest.fixture(scope='module')
@@ -85,37 +135,43 @@ def single_device():
 
 @pytest.mark.parametrize('mesh_shape', [(8, 1), (2, 4), (1, 8)])
 def test_sharded_step_equals_single_device(single_device, mesh_shape):
-  want_losses, want_params = single_device
-  losses, params = _run(mesh_shape, _adafactor)
-  np.testing.assert_allclose(losses, want_losses, rtol=RTOL)
-  _assert_trees_close(params, want_params)
+  want = single_device
+  got = _run(mesh_shape, _adafactor)
+  if mesh_shape == (2, 4):
+    _assert_split_on_2x4(got.state.params)
+    # The optimizer's factored row/column moments follow their parameter.
+    split_state = [x for x in jax.tree_util.tree_leaves(got.state.opt_state)
+                   if not x.sharding.is_fully_replicated]
+    assert len(split_state) >= len(_SPLIT_ON_2X4)
+  np.testing.assert_allclose(got.losses, want.losses, rtol=RTOL)
+  np.testing.assert_allclose(got.grad_norms, want.grad_norms, rtol=RTOL)
+  assert min(want.grad_norms) > 0.1
+  _assert_trees_close(got.params, want.params)
 
 
 def test_microbatches_equal_full_batch_and_frozen_stays_frozen():
-  """4 microbatches == the full batch; frozen params bit-identical, stateless.
-
-  Adafactor with every trainable parameter factored (the 1-D final_scale is
-  frozen), so the update is a smooth function of the gradient and equal
-  gradients give equal updates up to float32 reduction order.
-  """
+  """4 microbatches == the full batch: same losses, gradient norms and, with
+  SGD, the same parameters after two steps (so a wrongly scaled accumulated
+  gradient fails here). Frozen params stay bit-identical and stateless."""
   frozen = (r'^enc_', r'token_embedder', r'final_scale')
-  full_losses, full, init = _run((2, 4), _adafactor, frozen=frozen, steps=1,
-                                 return_state=True)
-  micro_losses, micro, _ = _run((2, 4), _adafactor, num_microbatches=4,
-                                frozen=frozen, steps=1, return_state=True)
-  np.testing.assert_allclose(micro_losses, full_losses, rtol=RTOL)
-  _assert_trees_close(jax.device_get(micro.params),
-                      jax.device_get(full.params))
-  params = jax.device_get(micro.params)
+  full = _run((2, 4), _sgd, frozen=frozen)
+  micro = _run((2, 4), _sgd, num_microbatches=4, frozen=frozen)
+  np.testing.assert_allclose(micro.losses, full.losses, rtol=RTOL)
+  np.testing.assert_allclose(micro.grad_norms, full.grad_norms, rtol=RTOL)
+  assert min(full.grad_norms) > 0.1
+  _assert_trees_close(micro.params, full.params)
+  params, init = micro.params, micro.init_params
   for name in ('enc_wi', 'enc_wo'):
     np.testing.assert_array_equal(params[name]['kernel'], init[name]['kernel'])
   np.testing.assert_array_equal(params['token_embedder']['embedding'],
                                 init['token_embedder']['embedding'])
   np.testing.assert_array_equal(params['final_scale'], init['final_scale'])
-  assert not np.array_equal(params['dec_wi']['kernel'], init['dec_wi']['kernel'])
+  for name in ('query', 'key', 'value', 'out', 'dec_wi', 'dec_wo',
+               'logits_dense'):  # every trainable parameter really moved
+    assert np.abs(params[name]['kernel'] - init[name]['kernel']).max() > 1e-3
   # No optimizer-state leaf belongs to a frozen parameter.
   paths = [optimizers.param_path(p) for p, _ in
-           jax.tree_util.tree_flatten_with_path(micro.opt_state)[0]]
+           jax.tree_util.tree_flatten_with_path(micro.state.opt_state)[0]]
   assert any('dec_wi' in p for p in paths)
   assert not any('enc_w' in p or 'token_embedder' in p or 'final_scale' in p
                  for p in paths), paths
@@ -164,7 +220,6 @@ def test_adafactor_equals_optax_adafactor(kwargs):
   optax.adafactor's values and the same state tree, so checkpoints
   interchange. Unfactored parameters match bit for bit; factored ones to
   float32 rounding (a column mean is summed as a matrix-vector product)."""
-  import optax  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   params = {'matrix': rng.normal(size=(256, 160)).astype(np.float32),
             'cube': rng.normal(size=(130, 3, 200)).astype(np.float32),

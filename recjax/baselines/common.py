@@ -91,18 +91,28 @@ def evaluate(score_fn: Callable[[np.ndarray], np.ndarray], es: EvalSet, *,
 
 
 class EarlyStopper:
-  """RecBole's early stopping: stop after more than `patience` evaluations
-  without a strict improvement of the validation metric."""
+  """RecBole 1.2.1's early stopping (`recbole.utils.early_stopping`).
 
-  def __init__(self, patience: int):
+  RecBole rounds every metric to `metric_decimal_place` (4) digits and counts
+  a value equal to the best as an improvement: it resets the count and the
+  newer epoch becomes the best. Training stops after more than `patience`
+  consecutive evaluations below the best.
+  """
+
+  def __init__(self, patience: int, decimals: int | None = 4):
+    if patience < 0:
+      raise ValueError(f"patience must be >= 0, got {patience}")
     self.patience = patience
+    self.decimals = decimals
     self.best = -np.inf
     self.best_epoch = -1
     self.bad = 0
 
   def update(self, value: float, epoch: int) -> tuple[bool, bool]:
     """Returns (improved, stop)."""
-    if value > self.best:
+    if self.decimals is not None:
+      value = round(float(value), self.decimals)
+    if value >= self.best:
       self.best, self.best_epoch, self.bad = value, epoch, 0
       return True, False
     self.bad += 1
@@ -127,9 +137,10 @@ def fit_with_early_stopping(
 
   `train_epoch(state, epoch) -> (state, mean_loss)` runs one epoch;
   `validate(state)` returns the validation `VALID_METRIC`. After each epoch
-  the metric is logged and recorded; the state of the best epoch (strict
-  improvement) is kept, and training stops after more than `patience`
-  epochs without one. `state` is opaque (e.g. `(params, opt_state)`).
+  the metric is logged and recorded; the state of the best epoch (ties at 4
+  decimals go to the later epoch, see `EarlyStopper`) is kept, and training
+  stops after more than `patience` epochs below it. `state` is opaque (e.g.
+  `(params, opt_state)`).
   """
   stopper = EarlyStopper(patience)
   best_state, history = state, []

@@ -134,7 +134,7 @@ def load_params(path: str, *, expected_shapes: Any = None,
   from recjax.checkpoints import hf, t5x  # pylint: disable=g-import-not-at-top
   fmt = detect_format(path)
   if fmt == 'hf':
-    flat = hf.load_hf_params(path, config, untie=untie, strict=strict)
+    flat = _load_hf(path, config, untie=untie, strict=strict)
   elif fmt == 't5x':
     flat = t5x.load_t5x_params(path)
   else:
@@ -151,6 +151,29 @@ def load_params(path: str, *, expected_shapes: Any = None,
                         '%s', path, len(dropped), ', '.join(dropped))
         flat = {k: v for k, v in flat.items() if k in want}
   return unflatten_params(flat)
+
+
+def _load_hf(path: str, config: Any, *, untie: bool, strict: bool):
+  """T5 dirs -> hf.py; Llama / Qwen2 / Mistral (config.json model_type) ->
+  hf_decoder.py, which first checks `config` against config.json."""
+  from recjax.checkpoints import hf, hf_decoder  # pylint: disable=g-import-not-at-top
+  from recjax.models import decoder_only  # pylint: disable=g-import-not-at-top
+  hf_config = {}
+  if os.path.exists(os.path.join(path, 'config.json')):
+    hf_config = hf_decoder.read_hf_config(path)
+  is_decoder = hf_decoder.is_decoder_config(hf_config)
+  if isinstance(config, decoder_only.DecoderOnlyConfig) or is_decoder:
+    if hf_config and not is_decoder:
+      raise ValueError(f'{path}: config.json model_type='
+                       f'{hf_config.get("model_type")!r} is not a decoder-only '
+                       f'model ({", ".join(hf_decoder.MODEL_TYPES)}) but the '
+                       'model gin is a DecoderOnlyConfig')
+    if config is not None and not isinstance(config,
+                                             decoder_only.DecoderOnlyConfig):
+      raise ValueError(f'{path}: a {hf_config.get("model_type")} checkpoint '
+                       f'cannot load into a {type(config).__name__}')
+    return hf_decoder.load_hf_decoder_params(path, config, strict=strict)
+  return hf.load_hf_params(path, config, untie=untie, strict=strict)
 
 
 def merge_params(base: Any, loaded: Any) -> dict[str, Any]:

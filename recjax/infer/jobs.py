@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Tuple
 
 import gin
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 
@@ -159,6 +160,15 @@ def _row(index: int, task: str, ex: Mapping[str, Any]) -> dict:
   return row
 
 
+def _process_0_says(flag: bool) -> bool:
+  """Process 0's `flag` on every host. Whether to skip work that needs all
+  hosts (a chunk's collectives) must not depend on what each host's file
+  system shows (host-local disks, a lagging network file system)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
 @gin.configurable
 def infer(*,
           model: model_api.BaseModel = gin.REQUIRED,
@@ -200,7 +210,7 @@ def infer(*,
   # Every host computes (outputs are replicated); host 0 writes.
   writer = jax.process_index() == 0
   final = os.path.join(output_dir, shard_file_name(shard_id, num_shards))
-  if os.path.exists(final):
+  if _process_0_says(os.path.exists(final)):
     print(f'[recjax] {final} exists; nothing to do', file=sys.stderr)
     return final
   os.makedirs(output_dir, exist_ok=True)
@@ -271,7 +281,7 @@ def infer(*,
   num_chunks = computed = 0
   for c, items in enumerate(evaluation.batched(local, chunk_size)):
     num_chunks = c + 1
-    if os.path.exists(chunk_path(c)):
+    if _process_0_says(os.path.exists(chunk_path(c))):
       progress.update(len(items))
       continue
     if params is None:

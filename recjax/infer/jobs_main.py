@@ -18,6 +18,7 @@ from absl import app
 from absl import logging
 import gin
 
+from recjax.train import distributed
 from recjax.train import gin_utils
 from recjax.train import train_main
 
@@ -26,7 +27,9 @@ def parse_job_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                   gin_search_paths: Optional[Sequence[str]] = None,
                   import_task_modules: bool = True,
                   example_run_gin: str = 'runs/eval.gin') -> None:
-  """Parses gin as `train_main.run_train` does, without training."""
+  """Parses gin as `train_main.run_train` does (multi-process start-up
+  included), without training."""
+  distributed.maybe_initialize()
   if not gin_files:
     raise ValueError(f'Give at least one --gin_file, e.g. '
                      f'--gin_file={example_run_gin}')

@@ -1,9 +1,22 @@
 """Model-facing inference: decode, score batches, score candidate lists.
 
-These functions connect an `EncoderDecoderModel` (whose module has T5X's
-`encode` / `decode` methods with a KV cache, `recjax.models.t5.Transformer`)
-to the model-independent decoders in `recjax.infer.decoding`. Everything is
-jittable: e.g.
+These functions connect a model to the model-independent decoders in
+`recjax.infer.decoding`, for both architectures:
+
+* `EncoderDecoderModel` (module with T5X's `encode` / `decode` methods and a
+  KV cache, `recjax.models.t5.Transformer`): the prompt is encoded once and
+  the decoder generates from the start token.
+* `DecoderOnlyModel` (`recjax.models.decoder_only.DecoderOnlyTransformer`):
+  the prompt `[start] + inputs` is left-aligned (rows end in the same
+  column, left padding masked, rotary positions counted from each row's
+  first real token), prefilled into the KV cache in one call, and decoding
+  continues from there; the first generated token comes from the prefill's
+  last position. Scoring runs the prompt and the target as one sequence, so
+  its numbers are the ones the training loss sees.
+
+Both take the same batch: the prompt tokens (inputs + EOS, right-padded)
+under 'encoder_input_tokens', as `recjax.infer.evaluation.encode_batch`
+builds them. Everything is jittable: e.g.
 
   fn = jax.jit(functools.partial(predict_batch, model, decode_method='beam',
                                  num_decodes=20, max_decode_length=8))
@@ -40,9 +53,10 @@ def predict_batch(model: Any, params: PyTree, batch: Mapping[str, Array], *,
   """Decodes `num_decodes` outputs per example, best first.
 
   Args:
-    model: an EncoderDecoderModel (`model.module` has encode/decode).
+    model: an EncoderDecoderModel or a DecoderOnlyModel.
     params: model parameters.
-    batch: needs 'encoder_input_tokens' [B, L]; other keys are ignored.
+    batch: needs the prompts, 'encoder_input_tokens' [B, L] (right-padded);
+      other keys are ignored.
     rng: PRNG key, needed for 'sample': one for the batch, or one per
       example (see `decoding.temperature_sample`).
     decode_method: 'beam' (num_decodes beams, scores length-penalised with
@@ -66,8 +80,29 @@ def predict_batch(model: Any, params: PyTree, batch: Mapping[str, Array], *,
   if decode_method == 'greedy' and num_decodes != 1:
     raise ValueError(f'Greedy decoding gives one output; got num_decodes='
                      f'{num_decodes}.')
+  prompts = jnp.asarray(batch['encoder_input_tokens'])
+  if is_decoder_only(model):
+    cache, tokens_to_logits = _decoder_only_prefill(model, params, prompts,
+                                                    max_decode_length)
+  else:
+    cache, tokens_to_logits = _encoder_decoder_start(
+        model, params, prompts, num_decodes, max_decode_length)
+  b = prompts.shape[0]
+  return _run_decoder(model, cache, tokens_to_logits, batch_size=b, rng=rng,
+                      decode_method=decode_method, num_decodes=num_decodes,
+                      alpha=alpha, temperature=temperature, topk=topk,
+                      max_decode_length=max_decode_length,
+                      constraint=constraint)
+
+
+def is_decoder_only(model: Any) -> bool:
+  return getattr(model, 'architecture', '') == 'decoder_only'
+
+
+def _encoder_decoder_start(model, params, enc_tokens, num_decodes,
+                           max_decode_length):
+  """(zero cache, step fn) of an encoder-decoder model for these prompts."""
   module = model.module
-  enc_tokens = jnp.asarray(batch['encoder_input_tokens'])
   b = enc_tokens.shape[0]
   encoded = _encode(module, params, enc_tokens)
   # The encoding is not part of the decoding cache: every decode of an example
@@ -88,6 +123,85 @@ def predict_batch(model: Any, params: PyTree, batch: Mapping[str, Array], *,
                               max_decode_length=max_decode_length)
     return logits[:, -1, :].astype(jnp.float32), state['cache']
 
+  return cache, tokens_to_logits
+
+
+def left_align(inputs: Array, start_id: int = 0
+              ) -> Tuple[Array, Array, Array]:
+  """Right-padded prompts [B, L] -> `[start] + inputs` ending in column L.
+
+  Returns (tokens [B, L+1], valid [B, L+1] int32: 1 on real positions,
+  positions [B, L+1]: 0 at the start token, counting up; 0 on padding).
+  Padding is token 0 (prompt tokens are never 0: SeqIO reserves it).
+  """
+  b, l = inputs.shape
+  n = jnp.sum(inputs > 0, axis=1, keepdims=True)
+  k = jnp.arange(l + 1)[None, :] - (l - n) - 1   # index into inputs
+  gathered = jnp.take_along_axis(inputs, jnp.clip(k, 0, l - 1), axis=1)
+  tokens = jnp.where(k >= 0, gathered, jnp.where(k == -1, start_id, 0))
+  valid = (k >= -1).astype(jnp.int32)
+  positions = jnp.where(k >= -1, k + 1, 0).astype(jnp.int32)
+  del b
+  return tokens.astype(jnp.int32), valid, positions
+
+
+def _decoder_only_prefill(model, params, inputs, max_decode_length):
+  """(cache, step fn) of a decoder-only model after prefilling the prompts.
+
+  The cache holds the model's KV cache (prompt columns + max_decode_length
+  slots), each row's next rotary position, and the prefill's last logits,
+  which the decoders' first step returns instead of running the model
+  (their first fed token is the start token, already in the prompt).
+  """
+  module = model.module
+  tokens, valid, positions = left_align(inputs, model.bos_id)
+  b, p = tokens.shape
+  total = p + max_decode_length
+  causal = valid if model.inputs_bidirectional_attention else None
+
+  def apply(variables, toks, **kw):
+    return module.apply(variables, toks, enable_dropout=False, decode=True,
+                        mutable=['cache'], **kw)
+
+  full = jnp.zeros((b, total), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: apply({'params': params}, full, decoder_segment_ids=full,
+                    decoder_positions=full, max_decode_length=total))[1]
+  lm_cache = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                    shapes['cache'])
+  logits, state = apply({'params': params, 'cache': lm_cache}, tokens,
+                        decoder_segment_ids=valid, decoder_positions=positions,
+                        decoder_causal_attention=causal, prefill=True,
+                        max_decode_length=total)
+  cache = {'lm': state['cache'],
+           'first_logits': logits[:, -1, :].astype(jnp.float32),
+           'next_position': positions[:, -1] + 1,
+           'started': jnp.zeros((), jnp.bool_)}
+
+  def tokens_to_logits(tok, cache):
+    def first(_):
+      return cache['first_logits'], cache['lm']
+
+    def step(_):
+      out, st = apply({'params': params, 'cache': cache['lm']}, tok,
+                      decoder_positions=cache['next_position'][:, None],
+                      max_decode_length=total)
+      return out[:, -1, :].astype(jnp.float32), st['cache']
+
+    logits, lm = jax.lax.cond(cache['started'], step, first, None)
+    next_position = cache['next_position'] + cache['started'].astype(
+        jnp.int32)
+    return logits, {'lm': lm, 'first_logits': cache['first_logits'],
+                    'next_position': next_position,
+                    'started': jnp.ones((), jnp.bool_)}
+
+  return cache, tokens_to_logits
+
+
+def _run_decoder(model, cache, tokens_to_logits, *, batch_size, rng,
+                 decode_method, num_decodes, alpha, temperature, topk,
+                 max_decode_length, constraint):
+  b = batch_size
   eos_id = _eos_id(model)
   if decode_method == 'beam':
     return decoding.beam_search(
@@ -125,10 +239,46 @@ def score_batch(model: Any, params: PyTree, batch: Mapping[str, Array]
                ) -> Array:
   """Summed target log-likelihood per row [B] (teacher forcing, no dropout).
 
-  Weights are `decoder_loss_weights` if present, else target > 0.
+  Weights are `decoder_loss_weights` if present, else target > 0. A
+  decoder-only model reads the prompt from 'encoder_input_tokens' and the
+  targets from 'decoder_target_tokens' (the evaluation batch's layout).
   """
   targets = batch['decoder_target_tokens']
+  if is_decoder_only(model):
+    logits = _decoder_only_target_logits(
+        model, params, batch['encoder_input_tokens'], targets)
+  else:
+    logits = _encoder_decoder_logits(model, params, batch)
+  if 'decoder_loss_weights' in batch:
+    weights = batch['decoder_loss_weights'].astype(jnp.float32)
+  else:
+    weights = (targets > 0).astype(jnp.float32)
+  return _token_log_likelihood(logits, targets, weights)
+
+
+def _decoder_only_target_logits(model, params, inputs, targets):
+  """Logits [B, T, V] predicting `targets` [B, T] after the prompts [B, L]."""
+  tokens, valid, positions = left_align(jnp.asarray(inputs), model.bos_id)
+  targets = jnp.asarray(targets, jnp.int32)
+  p, t = tokens.shape[1], targets.shape[1]
+  seq = jnp.concatenate([tokens, targets[:, :-1]], axis=1)
+  segments = jnp.concatenate(
+      [valid, (targets[:, :-1] > 0).astype(jnp.int32)], axis=1)
+  target_positions = positions[:, -1:] + 1 + jnp.arange(t - 1)[None, :]
+  seq_positions = jnp.concatenate([positions, target_positions], axis=1)
+  causal = None
+  if model.inputs_bidirectional_attention:
+    causal = jnp.concatenate([valid, jnp.zeros_like(targets[:, :-1])], axis=1)
   logits = model.module.apply(
+      {'params': params}, seq, decoder_segment_ids=segments,
+      decoder_positions=seq_positions, decoder_causal_attention=causal,
+      enable_dropout=False)
+  return logits[:, p - 1:]
+
+
+def _encoder_decoder_logits(model, params, batch):
+  targets = batch['decoder_target_tokens']
+  return model.module.apply(
       {'params': params}, batch['encoder_input_tokens'],
       batch['decoder_input_tokens'], targets,
       encoder_segment_ids=batch.get('encoder_segment_ids'),
@@ -136,11 +286,6 @@ def score_batch(model: Any, params: PyTree, batch: Mapping[str, Array]
       encoder_positions=batch.get('encoder_positions'),
       decoder_positions=batch.get('decoder_positions'),
       enable_dropout=False)
-  if 'decoder_loss_weights' in batch:
-    weights = batch['decoder_loss_weights'].astype(jnp.float32)
-  else:
-    weights = (targets > 0).astype(jnp.float32)
-  return _token_log_likelihood(logits, targets, weights)
 
 
 def score_candidates(model: Any, params: PyTree, encoder_input_tokens: Array,
@@ -158,8 +303,14 @@ def score_candidates(model: Any, params: PyTree, encoder_input_tokens: Array,
   """
   module = model.module
   b, c, t = candidate_targets.shape
-  encoded = _encode(module, params, encoder_input_tokens)
   targets = candidate_targets.reshape(b * c, t).astype(jnp.int32)
+  if is_decoder_only(model):
+    # The prompt runs once per candidate (no shared prefix cache yet).
+    logits = _decoder_only_target_logits(
+        model, params, jnp.repeat(encoder_input_tokens, c, axis=0), targets)
+    weights = (targets > 0).astype(jnp.float32)
+    return _token_log_likelihood(logits, targets, weights).reshape(b, c)
+  encoded = _encode(module, params, encoder_input_tokens)
   inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shift right, start 0
   logits = module.apply(
       {'params': params}, jnp.repeat(encoded, c, axis=0),

@@ -12,9 +12,13 @@ import jax.numpy as jnp
 
 
 def _init(stddev_or_xavier: str | float):
-  """RecBole initialises BPR embeddings with xavier_normal_."""
+  """RecBole initialises BPR embeddings with torch's xavier_normal_.
+
+  That is an untruncated normal with variance 2 / (fan_in + fan_out); flax's
+  `xavier_normal` draws a truncated normal, so the scaling is spelled out.
+  """
   if stddev_or_xavier == "xavier":
-    return nn.initializers.xavier_normal()
+    return nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
   return nn.initializers.normal(float(stddev_or_xavier))
 
 

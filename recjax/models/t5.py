@@ -48,6 +48,8 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from recjax.models import lora as lora_lib
+
 Array = Any
 DType = Any
 Initializer = Callable[..., Array]
@@ -81,6 +83,8 @@ class T5Config:
   float32_attention_logits: bool = True
   # 'none' | 'full' (recompute each layer) | 'minimal' (save weight matmuls).
   remat_policy: str = 'none'
+  # Low-rank adapters on the DenseGeneral kernels its targets match.
+  lora: Optional[lora_lib.LoraConfig] = None
 
   def __post_init__(self):
     # gin and JSON hand lists over; keep the config hashable.
@@ -210,10 +214,12 @@ def dot_product_attention(query: Array, key: Array, value: Array,
 
 
 class DenseGeneral(nn.Module):
-  """Bias-less dense layer whose kernel is stored 2-D (in, out) as in T5X.
+  """Dense layer whose kernel is stored 2-D (in, out) as in T5X.
 
   The kernel is reshaped to `in_shape + features` for the contraction, so
   attention projections keep T5X's joined `(embed, joined_kv)` layout.
+  T5 has no biases; `use_bias` adds a 'bias' [out] (Qwen2's q/k/v) inside the
+  same submodule, so anything that intercepts DenseGeneral sees one layer.
   """
   features: Union[int, Sequence[int]]
   axis: Union[int, Sequence[int]] = -1
@@ -221,6 +227,8 @@ class DenseGeneral(nn.Module):
   param_dtype: DType = jnp.float32
   kernel_init: Initializer = default_kernel_init
   kernel_axes: tuple = ()
+  use_bias: bool = False
+  bias_init: Initializer = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
@@ -243,10 +251,18 @@ class DenseGeneral(nn.Module):
       batch_shape = inputs.shape[:inputs.ndim - n]
       x2d = inputs.reshape((int(np.prod(batch_shape)), param_shape[0]))
       y = lax.dot_general(x2d, kernel, (((1,), (0,)), ((), ())))
-      return y.reshape(batch_shape + features)
-    kernel = kernel.reshape(in_shape + features)
-    contract = (axis, tuple(range(len(axis))))
-    return lax.dot_general(inputs, kernel, (contract, ((), ())))
+      y = y.reshape(batch_shape + features)
+    else:
+      kernel = kernel.reshape(in_shape + features)
+      contract = (axis, tuple(range(len(axis))))
+      y = lax.dot_general(inputs, kernel, (contract, ((), ())))
+    if self.use_bias:
+      bias = self.param(
+          'bias', nn.with_logical_partitioning(self.bias_init,
+                                               tuple(self.kernel_axes[-1:])),
+          (param_shape[1],), self.param_dtype)
+      y = y + jnp.asarray(bias, self.dtype).reshape(features)
+    return y
 
 
 class LayerNorm(nn.Module):
@@ -673,10 +689,11 @@ class Transformer(nn.Module):
           encoder_mask,
           make_attention_mask(encoder_segment_ids, encoder_segment_ids,
                               jnp.equal, dtype=dtype), dtype=dtype)
-    return self.encoder(encoder_input_tokens, encoder_mask,
-                        deterministic=not enable_dropout,
-                        input_embeddings=input_embeddings,
-                        embedding_mask=embedding_mask)
+    with lora_lib.intercept(cfg.lora, deterministic=not enable_dropout):
+      return self.encoder(encoder_input_tokens, encoder_mask,
+                          deterministic=not enable_dropout,
+                          input_embeddings=input_embeddings,
+                          embedding_mask=embedding_mask)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
              decoder_target_tokens, encoder_segment_ids=None,
@@ -707,9 +724,11 @@ class Transformer(nn.Module):
           encoder_decoder_mask,
           make_attention_mask(decoder_segment_ids, encoder_segment_ids,
                               jnp.equal, dtype=dtype), dtype=dtype)
-    return self.decoder(encoded, decoder_input_tokens, decoder_mask,
-                        encoder_decoder_mask, deterministic=not enable_dropout,
-                        decode=decode, max_decode_length=max_decode_length)
+    with lora_lib.intercept(cfg.lora, deterministic=not enable_dropout):
+      return self.decoder(encoded, decoder_input_tokens, decoder_mask,
+                          encoder_decoder_mask,
+                          deterministic=not enable_dropout, decode=decode,
+                          max_decode_length=max_decode_length)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens,
                decoder_target_tokens, encoder_segment_ids=None,
@@ -718,19 +737,22 @@ class Transformer(nn.Module):
                embedding_mask=None, enable_dropout=True, decode=False,
                max_decode_length=None):
     """Teacher-forced forward: logits [B, T, vocab] float32."""
-    encoded = self.encode(encoder_input_tokens,
-                          encoder_segment_ids=encoder_segment_ids,
-                          encoder_positions=encoder_positions,
-                          input_embeddings=input_embeddings,
-                          embedding_mask=embedding_mask,
-                          enable_dropout=enable_dropout)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       decoder_target_tokens,
-                       encoder_segment_ids=encoder_segment_ids,
-                       decoder_segment_ids=decoder_segment_ids,
-                       decoder_positions=decoder_positions,
-                       enable_dropout=enable_dropout, decode=decode,
-                       max_decode_length=max_decode_length)
+    # One outermost LoRA scope, so targets are checked over both stacks.
+    with lora_lib.intercept(self.config.lora,
+                            deterministic=not enable_dropout):
+      encoded = self.encode(encoder_input_tokens,
+                            encoder_segment_ids=encoder_segment_ids,
+                            encoder_positions=encoder_positions,
+                            input_embeddings=input_embeddings,
+                            embedding_mask=embedding_mask,
+                            enable_dropout=enable_dropout)
+      return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                         decoder_target_tokens,
+                         encoder_segment_ids=encoder_segment_ids,
+                         decoder_segment_ids=decoder_segment_ids,
+                         decoder_positions=decoder_positions,
+                         enable_dropout=enable_dropout, decode=decode,
+                         max_decode_length=max_decode_length)
 
 
 # ----------------------------------------------------------------------------

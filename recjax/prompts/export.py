@@ -9,6 +9,9 @@ Layout, inside an existing (usually temporary, see
   vocab/spiece.model                             SentencePiece (unigram,
                                                  byte fallback, pad=0 eos=1
                                                  unk=2; seqio adds 100 extra ids)
+  vocab/tokenizer.json (+ config files)          instead, for a given Hugging
+                                                 Face tokenizer (decoder-only
+                                                 models); the manifest names it
 
 Every record has string features `inputs`, `targets`, `task`, `target_item`,
 bytes list `candidates`, int64 `template_id` and float `rating` (NaN if none).
@@ -278,6 +281,7 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
                      num_shards: int | None = None,
                      vocab_size: int | None = None, train_vocab: bool = True,
                      vocab_model: str | os.PathLike | None = None,
+                     pad_swap_id: int | str | None = "auto",
                      num_workers: int | None = None) -> dict[str, Any]:
   """Writes every (task, split) of `data` under `directory`; returns the manifest.
 
@@ -293,8 +297,15 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
     vocab_size: SentencePiece vocabulary size (default 4000).
     train_vocab: train `vocab/spiece.model` from the catalogue and a sample of
       prompts (runs in parallel with the task files).
-    vocab_model: a user-given SentencePiece model (e.g. FLAN-T5's
-      `spiece.model`) copied to `vocab/spiece.model` instead of training one.
+    vocab_model: a user-given vocabulary instead of training one: a
+      SentencePiece model (FLAN-T5's `spiece.model`, Llama-2's
+      `tokenizer.model`), copied to `vocab/spiece.model`; or a Hugging Face
+      `tokenizer.json` or checkpoint directory holding one, copied with its
+      config files to `vocab/` (see `recjax.vocabularies.load_vocabulary`).
+    pad_swap_id: for a Hugging Face tokenizer: `HfTokenizerVocabulary`'s
+      option; the resolved value is recorded in the manifest
+      (`vocabulary_options`) and must equal the model's
+      `DecoderOnlyConfig.pad_swap_id`.
     num_workers: processes (default: up to 2 for logs of 50k+ interactions).
   """
   directory = pathlib.Path(directory)
@@ -318,13 +329,14 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
     num_workers = min(2, os.cpu_count() or 1) if (
         data.num_interactions >= 50_000) else 1
   vocab_size = int(vocab_size or DEFAULT_VOCAB_SIZE)
+  vocab_path = VOCAB_PATH
+  vocab_options = None
+  given_vocab_size = None
   if vocab_model is not None:
     vocab_model = pathlib.Path(vocab_model).expanduser()
-    if not vocab_model.is_file():
-      raise FileNotFoundError(f"--vocab {vocab_model}: no such file")
     train_vocab = False
-    (directory / VOCAB_PATH).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(vocab_model, directory / VOCAB_PATH)
+    vocab_path, vocab_options, given_vocab_size = _copy_vocabulary(
+        vocab_model, directory, pad_swap_id)
 
   pairs = [(t, s) for t in tasks for s in splits if s in TASK_SPLITS[t]]
   for t, s in pairs:
@@ -340,7 +352,7 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
   _STATE.update(data=data, config=config, seed=seed, directory=directory)
   counts: dict[str, dict[str, int]] = {t: {} for t, _ in pairs}
   seconds: dict[str, float] = {}
-  actual_vocab_size = None
+  actual_vocab_size = given_vocab_size
   start = time.perf_counter()
   _log(f"{data.name}: {len(pairs)} task/split pairs x {num_shards} shards, "
        f"{num_workers} process(es)" + (", training vocabulary" if train_vocab
@@ -392,8 +404,9 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
                    "bytes_list": list(LIST_FEATURES)},
       "config": config.to_json(),
       "seed": seed,
-      "vocabulary": VOCAB_PATH if train_vocab or vocab_model else None,
+      "vocabulary": vocab_path if train_vocab or vocab_model else None,
       "vocabulary_source": str(vocab_model) if vocab_model else "trained",
+      **({"vocabulary_options": vocab_options} if vocab_options else {}),
       "vocab_size": actual_vocab_size,
       "has_ratings": data.has_ratings,
       "skipped_tasks": skipped,
@@ -403,6 +416,37 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
     json.dump(manifest, f, indent=2, sort_keys=True)
     f.write("\n")
   return manifest
+
+
+def _copy_vocabulary(given: pathlib.Path, directory: pathlib.Path,
+                     pad_swap_id: int | str | None
+                     ) -> tuple[str, dict[str, Any], int]:
+  """Copies a user-given vocabulary into `directory/vocab/`, checked first.
+
+  Returns its path relative to `directory`, the options that load it
+  (`recjax.vocabularies.load_vocabulary`), and its number of tokens.
+  """
+  from recjax import vocabularies  # pylint: disable=g-import-not-at-top
+  try:
+    vocab = vocabularies.load_vocabulary(given, pad_swap_id=pad_swap_id)
+  except (OSError, ValueError) as e:
+    raise type(e)(f"--vocab {given}: {e}") from None
+  (directory / VOCAB_PATH).parent.mkdir(parents=True, exist_ok=True)
+  if isinstance(vocab, vocabularies.HfTokenizerVocabulary):
+    source = pathlib.Path(vocab.tokenizer_file)
+    for name in (vocabularies.TOKENIZER_JSON, vocabularies.TOKENIZER_CONFIG,
+                 vocabularies.SPECIAL_TOKENS_MAP,
+                 vocabularies.GENERATION_CONFIG):
+      if (source.parent / name).is_file():
+        shutil.copyfile(source.parent / name, directory / "vocab" / name)
+    _log(f"vocabulary: {source} ({vocab.vocab_size} tokens, bos "
+         f"{vocab.bos_id}, eos {vocab.eos_id}, pad_swap_id "
+         f"{vocab.pad_swap_id})")
+    return (f"vocab/{vocabularies.TOKENIZER_JSON}",
+            {"pad_swap_id": vocab.pad_swap_id}, vocab.vocab_size)
+  shutil.copyfile(vocab.sentencepiece_model_file, directory / VOCAB_PATH)
+  return VOCAB_PATH, {"extra_ids": vocab.extra_ids}, (
+      vocab.vocab_size - vocab.extra_ids)
 
 
 def manifest_file(prepared_dir: str | os.PathLike) -> pathlib.Path:

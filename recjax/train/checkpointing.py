@@ -7,23 +7,70 @@ consumed. With `dataset_iterator` given to `save` (the trainer's
 `checkpoint_dataset`, T5X's `save_dataset`), a third item, `dataset`, holds
 each process's tf.data iterator state, and a restart restores it instead of
 skipping (skipping re-runs the input pipeline over every consumed batch).
-Orbax writes to a temporary directory and renames it when complete, so a
-crash never leaves a readable half checkpoint.
+Orbax writes each step to `<step>.orbax-checkpoint-tmp` and renames it when
+complete, so a crash never leaves a half checkpoint that is taken as the
+latest (leftover temporary dirs are removed when the next run starts). A
+latest checkpoint that cannot be read (truncated or garbled files) is set
+aside as `<step>.corrupt-<time>` and the newest readable one is restored
+(`restore_latest`); a save that fails (a full disk) raises
+`CheckpointSaveError` naming the step still intact.
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
+import logging as std_logging
 import os
 import pathlib
+import shutil
+import time
 from typing import Any, Mapping, Optional, Tuple
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 STATE = 'state'
 DATA = 'data'
 DATASET = 'dataset'
+
+
+class CorruptCheckpointError(ValueError):
+  """A checkpoint step that exists but cannot be read (the CLI prints it as
+  one line, as other bad input)."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """Saving a step failed (e.g. no space left); earlier steps are intact."""
+
+
+def _reason(e: BaseException) -> str:
+  """One line on why `e` happened: its innermost cause (TensorStore puts the
+  file and the OS error there), 'No space left on device' for a full disk."""
+  while e.__cause__ is not None and not (
+      isinstance(e, OSError) and e.errno == errno.ENOSPC):
+    e = e.__cause__
+  text = str(e)
+  if ((isinstance(e, OSError) and e.errno == errno.ENOSPC) or
+      'No space left on device' in text):
+    return os.strerror(errno.ENOSPC)
+  if isinstance(e, OSError) and e.strerror:
+    return f'{e.strerror}: {e.filename}' if e.filename else e.strerror
+  line = text.strip().splitlines()[0] if text.strip() else ''
+  return f'{type(e).__name__}: {line[:300]}'
+
+
+class _QuietSaveThreads(std_logging.Filter):
+  """Drops orbax's traceback of a failed save's writer threads while `save`
+  runs: `save` reports the failure once, as CheckpointSaveError."""
+
+  def filter(self, record):
+    return not ('orbax' in record.pathname and
+                'raised an exception' in str(record.msg))
+
+
+_QUIET_SAVE_THREADS = _QuietSaveThreads()
 
 
 def _iterator_prefix(item_dir: os.PathLike | str) -> pathlib.Path:
@@ -73,7 +120,7 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True,
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save),
         item_names=(STATE, DATA, DATASET))
 
@@ -89,9 +136,16 @@ class Checkpointer:
              DATA: ocp.args.JsonSave(dict(data))}
     if dataset_iterator is not None:
       items[DATASET] = TFIteratorArgs(dataset_iterator)
-    saved = self.manager.save(int(step), args=ocp.args.Composite(**items),
-                              force=force)
-    self.manager.wait_until_finished()
+    logger = std_logging.getLogger('absl')
+    logger.addFilter(_QUIET_SAVE_THREADS)
+    try:
+      saved = self.manager.save(int(step), args=ocp.args.Composite(**items),
+                                force=force)
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(int(step), e) from e
+    finally:
+      logger.removeFilter(_QUIET_SAVE_THREADS)
     if saved:
       logging.info('Saved checkpoint for step %d to %s', step, self.directory)
     return saved
@@ -103,13 +157,76 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}')
-    out = self.manager.restore(
-        step,
-        args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(abstract_state),
-            DATA: ocp.args.JsonRestore(),
-        }))
+    try:
+      out = self.manager.restore(
+          step,
+          args=ocp.args.Composite(**{
+              STATE: ocp.args.StandardRestore(abstract_state),
+              DATA: ocp.args.JsonRestore(),
+          }))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(
+          f'checkpoint step {step} ({self.step_dir(step)}) cannot be read: '
+          f'{_reason(e)}') from e
     return out[STATE], out[DATA]
+
+  def restore_latest(self, abstract_state: Any, max_tries: int = 3
+                    ) -> Tuple[int, Any, Mapping[str, Any]]:
+    """(step, state, data) of the newest step that can be read.
+
+    Unreadable newer steps are logged and, once an older one has been
+    restored, set aside as `<step>.corrupt-<time>` (so training can save
+    those steps again). If none of the newest `max_tries` can be read (or
+    the state does not fit `abstract_state`, which fails every step alike)
+    nothing is moved and the newest step's error is raised.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f'No checkpoint in {self.directory}')
+    bad = []
+    for step in steps[:max_tries]:
+      try:
+        state, data = self.restore(abstract_state, step)
+      except CorruptCheckpointError as e:
+        logging.warning('%s; trying the previous checkpoint', e)
+        bad.append((step, e))
+        continue
+      for b, _ in bad:
+        self._set_aside(b)
+      if bad:
+        logging.warning('Restored checkpoint step %d instead of the '
+                        'unreadable step(s) %s', step, [b for b, _ in bad])
+      return step, state, data
+    raise bad[0][1]
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(int(step)))
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      src = self.step_dir(step)
+      dst = f'{src}.corrupt-{int(time.time())}'
+      os.rename(src, dst)
+      logging.warning('Moved unreadable checkpoint %s to %s', src, dst)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'recjax_set_aside_{step}')
+    self.manager.reload()
+
+  def _save_failed(self, step: int, e: BaseException) -> CheckpointSaveError:
+    """The error for a failed save, after dropping its temporary dir."""
+    try:  # other writer threads of this save may still be running
+      self.manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except
+      pass
+    for name in os.listdir(self.directory):
+      if name.startswith(f'{step}.orbax-checkpoint-tmp'):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    self.manager.reload()
+    intact = [s for s in self.all_steps() if s != step]
+    kept = (f'checkpoint step {max(intact)} is intact' if intact else
+            'no earlier checkpoint exists')
+    return CheckpointSaveError(f'saving step {step} failed: {_reason(e)}; '
+                               f'{kept} in {self.directory}')
 
   def has_dataset(self, step: int) -> bool:
     """Whether step `step` holds this process's dataset iterator position
@@ -161,7 +278,11 @@ def restore_params_from_recjax_dir(path: str, abstract_params: Any) -> Any:
                                      sharding=_replicated_like(abstract_params)),
       tree)
   target['params'] = abstract_params
-  restored = ckptr.restore(state_dir, target)
+  try:
+    restored = ckptr.restore(state_dir, target)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CorruptCheckpointError(
+        f'checkpoint {step_dir} cannot be read: {_reason(e)}') from e
   return restored['params']
 
 

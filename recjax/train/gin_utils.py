@@ -156,3 +156,55 @@ def parse_gin_flags(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   gin.parse_config_files_and_bindings(resolved, list(gin_bindings),
                                       skip_unknown=skip_unknown,
                                       finalize_config=finalize_config)
+
+
+def configurables() -> List[str]:
+  """Names of every registered gin configurable (for error messages)."""
+  from gin import config as gin_config  # pylint: disable=g-import-not-at-top
+  return sorted(k for k, _ in gin_config._REGISTRY.items())  # pylint: disable=protected-access
+
+
+def _referenced_macros(gin_files: Sequence[str],
+                       search_paths: Sequence[str]) -> set:
+  paths = [os.path.abspath(p) for p in search_paths] + list(DEFAULT_SEARCH_PATHS)
+  seen, names = set(), set()
+  def visit(path):
+    if path is None or path in seen or not os.path.isfile(path):
+      return
+    seen.add(path)
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+    names.update(re.findall(r'%([A-Za-z_][\w.]*)', text))
+    names.update(re.findall(r'^\s*([A-Za-z_]\w*)\s*=', text, re.M))
+    for m in re.findall(r'^\s*include\s+[\'"](.+)[\'"]', text, re.M):
+      visit(_find(m, paths))
+  for f in gin_files:
+    visit(_find(f, paths))
+  return names
+
+
+def check_bindings(gin_files: Sequence[str], gin_bindings: Sequence[str],
+                   search_paths: Sequence[str] = (),
+                   default_model_gin: str = 'models/flan_t5_tiny.gin') -> None:
+  """Fails on a `--gin.MACRO=...` that no gin file defines or uses.
+
+  gin accepts a binding of an unknown macro silently, so a typo such as
+  --gin.TRAIN_STEP=5 would train with the default; the error names the
+  macros the given files (and the default model gin) know instead.
+  """
+  files = list(gin_files)
+  if not defines_macro(files, 'MODEL_CONFIG', search_paths):
+    files.append(default_model_gin)
+  known = None
+  for binding in gin_bindings:
+    key = binding.partition('=')[0].strip()
+    if not key or '.' in key or '/' in key or not re.match(r'^\w+$', key):
+      continue  # a configurable's parameter: gin checks those itself
+    if known is None:
+      known = _referenced_macros(files, search_paths)
+      known.update(re.findall(r'%([A-Za-z_][\w.]*)', '\n'.join(gin_bindings)))
+    if key not in known:
+      macros = sorted(k for k in known if k.isupper())
+      raise ValueError(f'--gin.{key}: no gin file ({", ".join(files)}) '
+                       f'defines or uses macro {key}; known macros: '
+                       f'{", ".join(macros)}')

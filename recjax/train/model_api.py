@@ -63,14 +63,13 @@ class BaseModel(abc.ABC):
     return self.loss_fn(params, batch, dropout_rng=None)
 
 
-@gin.configurable(module='models')
-class EncoderDecoderModel(BaseModel):
-  """T5-style encoder-decoder model on SeqIO's EncDecFeatureConverter batches.
+class TokenLossModel(BaseModel):
+  """Shared by both architectures: weighted token cross entropy + z-loss on
+  `decoder_target_tokens`.
 
   Args:
-    module: Flax module called as T5X's Transformer
-      (`encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, ...,
-      enable_dropout`) returning float32 logits [B, T, V].
+    module: the Flax module (see the subclasses for its call signature),
+      returning float32 logits [B, T, V].
     input_vocabulary, output_vocabulary: SeqIO vocabularies; None means "the
       training task's", filled in by the trainer.
     z_loss: auxiliary log(Z)^2 coefficient (T5X default 1e-4).
@@ -82,7 +81,7 @@ class EncoderDecoderModel(BaseModel):
     label_smoothing: T5X label smoothing.
   """
 
-  feature_converter_cls = seqio.EncDecFeatureConverter
+  architecture: str = ''
 
   def __init__(self, module: nn.Module,
                input_vocabulary: Optional[seqio.Vocabulary] = None,
@@ -100,30 +99,12 @@ class EncoderDecoderModel(BaseModel):
     self.loss_normalizing_factor = loss_normalizing_factor
     self.label_smoothing = label_smoothing
 
-  def get_initial_variables(self, rng, input_shapes, input_types=None):
-    input_types = input_types or {}
-    def zeros(key):
-      return jnp.ones(input_shapes[key], input_types.get(key, jnp.int32))
-    enc = zeros('encoder_input_tokens')
-    dec = zeros('decoder_input_tokens')
-    tgt = jnp.ones(input_shapes.get('decoder_target_tokens', dec.shape),
-                   jnp.int32)
-    rngs = {'params': rng, 'dropout': jax.random.fold_in(rng, 1)}
-    return self.module.init(rngs, enc, dec, tgt, enable_dropout=False)
+  @abc.abstractmethod
+  def _compute_logits(self, params, batch, dropout_rng) -> Array:
+    """Teacher-forced logits [B, T, V] for the batch's targets."""
 
-  def _compute_logits(self, params, batch, dropout_rng):
-    rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
-    return self.module.apply(
-        {'params': params},
-        batch['encoder_input_tokens'],
-        batch['decoder_input_tokens'],
-        batch['decoder_target_tokens'],
-        encoder_segment_ids=batch.get('encoder_segment_ids'),
-        decoder_segment_ids=batch.get('decoder_segment_ids'),
-        encoder_positions=batch.get('encoder_positions'),
-        decoder_positions=batch.get('decoder_positions'),
-        enable_dropout=dropout_rng is not None,
-        rngs=rngs)
+  def _num_tokens(self, batch) -> Array:
+    return jnp.sum(batch['decoder_target_tokens'] > 0).astype(jnp.float32)
 
   def _weights(self, batch):
     if 'decoder_loss_weights' in batch:
@@ -153,8 +134,6 @@ class EncoderDecoderModel(BaseModel):
         logits, targets, weights, label_smoothing=self.label_smoothing,
         z_loss=self.z_loss, loss_normalizing_factor=normalizer)
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    num_tokens = (jnp.sum(batch['encoder_input_tokens'] > 0) +
-                  jnp.sum(targets > 0)).astype(jnp.float32)
     if 'decoder_segment_ids' in batch:  # packed: count sequences, not rows
       num_examples = _count_segments(batch['decoder_segment_ids'])
     else:
@@ -166,10 +145,165 @@ class EncoderDecoderModel(BaseModel):
         'z_loss_sum': z_loss * normalizer,
         'weight_sum': weight_sum,
         'num_correct': jnp.sum(correct * weights),
-        'num_tokens': num_tokens,
+        'num_tokens': self._num_tokens(batch),
         'num_examples': num_examples,
     }
     return loss, metrics
+
+
+@gin.configurable(module='models')
+class EncoderDecoderModel(TokenLossModel):
+  """T5-style encoder-decoder model on SeqIO's EncDecFeatureConverter batches.
+
+  `module` is called as T5X's Transformer (`encoder_input_tokens,
+  decoder_input_tokens, decoder_target_tokens, ..., enable_dropout`); the
+  other arguments are `TokenLossModel`'s.
+  """
+
+  feature_converter_cls = seqio.EncDecFeatureConverter
+  architecture = 'encoder_decoder'
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    input_types = input_types or {}
+    def zeros(key):
+      return jnp.ones(input_shapes[key], input_types.get(key, jnp.int32))
+    enc = zeros('encoder_input_tokens')
+    dec = zeros('decoder_input_tokens')
+    tgt = jnp.ones(input_shapes.get('decoder_target_tokens', dec.shape),
+                   jnp.int32)
+    rngs = {'params': rng, 'dropout': jax.random.fold_in(rng, 1)}
+    return self.module.init(rngs, enc, dec, tgt, enable_dropout=False)
+
+  def _compute_logits(self, params, batch, dropout_rng):
+    rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
+    return self.module.apply(
+        {'params': params},
+        batch['encoder_input_tokens'],
+        batch['decoder_input_tokens'],
+        batch['decoder_target_tokens'],
+        encoder_segment_ids=batch.get('encoder_segment_ids'),
+        decoder_segment_ids=batch.get('decoder_segment_ids'),
+        encoder_positions=batch.get('encoder_positions'),
+        decoder_positions=batch.get('decoder_positions'),
+        enable_dropout=dropout_rng is not None,
+        rngs=rngs)
+
+  def _num_tokens(self, batch):
+    return (jnp.sum(batch['encoder_input_tokens'] > 0) +
+            jnp.sum(batch['decoder_target_tokens'] > 0)).astype(jnp.float32)
+
+
+@gin.configurable(module='models')
+class DecoderOnlyModel(TokenLossModel):
+  """Decoder-only (Llama / Qwen2) prefix LM on SeqIO's PrefixLMFeatureConverter
+  batches (T5X's `DecoderOnlyModel`).
+
+  Inputs and targets are concatenated into one sequence (`[0] + inputs +
+  targets`, shifted right); the loss covers the targets only
+  (`decoder_loss_weights`). With `inputs_bidirectional_attention` the inputs
+  attend to each other in both directions (`decoder_causal_attention`, T5X's
+  PrefixLM); the default is fully causal, as Hugging Face checkpoints are
+  trained.
+
+  The shifted-in start token (0 at position 0 of every sequence) becomes
+  `bos_id` when there is one: the given id, else the input vocabulary's
+  `bos_id` (a Hugging Face tokenizer's BOS, as its `tokenizer_config.json`
+  says). Llama checkpoints expect their BOS first; the embedded SentencePiece
+  vocabulary has none and keeps 0.
+
+  Args: as `TokenLossModel`, plus
+    inputs_bidirectional_attention: bidirectional attention over the inputs.
+    bos_id: start token id; None = the vocabulary's, -1 = always 0.
+  """
+
+  feature_converter_cls = seqio.PrefixLMFeatureConverter
+  architecture = 'decoder_only'
+
+  def __init__(self, module: nn.Module,
+               input_vocabulary: Optional[seqio.Vocabulary] = None,
+               output_vocabulary: Optional[seqio.Vocabulary] = None,
+               z_loss: float = 1e-4,
+               loss_normalizing_factor: Optional[Union[float, str]] = None,
+               label_smoothing: float = 0.0,
+               inputs_bidirectional_attention: bool = False,
+               bos_id: Optional[int] = None):
+    super().__init__(module, input_vocabulary, output_vocabulary,
+                     z_loss=z_loss,
+                     loss_normalizing_factor=loss_normalizing_factor,
+                     label_smoothing=label_smoothing)
+    self.inputs_bidirectional_attention = inputs_bidirectional_attention
+    self._bos_id = bos_id
+
+  @property
+  def bos_id(self) -> int:
+    """The start token fed at position 0 (0 when there is no BOS)."""
+    if self._bos_id is not None:
+      return max(int(self._bos_id), 0)
+    return vocabulary_bos_id(self.input_vocabulary)
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    input_types = input_types or {}
+    shape = input_shapes.get('decoder_input_tokens',
+                             input_shapes.get('decoder_target_tokens'))
+    tokens = jnp.ones(shape, input_types.get('decoder_input_tokens',
+                                             jnp.int32))
+    rngs = {'params': rng, 'dropout': jax.random.fold_in(rng, 1)}
+    return self.module.init(rngs, tokens, tokens, enable_dropout=False)
+
+  def with_start_token(self, tokens: Array,
+                       positions: Optional[Array] = None) -> Array:
+    """`tokens` with the start token at each sequence's position 0."""
+    bos = self.bos_id
+    if not bos:
+      return tokens
+    if positions is None:
+      first = jnp.arange(tokens.shape[-1]) == 0
+      first = jnp.broadcast_to(first, tokens.shape)
+    else:
+      first = positions == 0
+    return jnp.where(first & (tokens == 0), bos, tokens)
+
+  def _compute_logits(self, params, batch, dropout_rng):
+    rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
+    positions = batch.get('decoder_positions')
+    segments = batch.get('decoder_segment_ids')
+    if segments is None:
+      # Unpacked rows: real tokens are those with a target (T5X convention).
+      segments = (batch['decoder_target_tokens'] > 0).astype(jnp.int32)
+    causal = (batch.get('decoder_causal_attention')
+              if self.inputs_bidirectional_attention else None)
+    return self.module.apply(
+        {'params': params},
+        self.with_start_token(batch['decoder_input_tokens'], positions),
+        batch['decoder_target_tokens'],
+        decoder_segment_ids=segments,
+        decoder_positions=positions,
+        decoder_causal_attention=causal,
+        enable_dropout=dropout_rng is not None,
+        rngs=rngs)
+
+
+def vocabulary_bos_id(vocabulary: Optional[seqio.Vocabulary]) -> int:
+  """A vocabulary's BOS id (Hugging Face tokenizers whose checkpoint expects
+  it first, Llama-2's SentencePiece), or 0 when it has none (T5-style
+  SentencePiece, Qwen2)."""
+  if vocabulary is None or not getattr(vocabulary, 'add_bos', True):
+    return 0
+  bos = getattr(vocabulary, 'bos_id', None)
+  if bos is None and isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    try:
+      bos = vocabulary.tokenizer.bos_id()
+    except Exception:  # pylint: disable=broad-except
+      bos = None
+  return int(bos) if bos is not None and bos > 0 else 0
+
+
+@gin.configurable(module='models')
+def decoder_only_transformer(config: Any = None) -> nn.Module:
+  """`recjax.models.decoder_only.DecoderOnlyTransformer(DecoderOnlyConfig())`."""
+  from recjax.models import decoder_only  # pylint: disable=g-import-not-at-top
+  return decoder_only.DecoderOnlyTransformer(
+      config if config is not None else decoder_only.DecoderOnlyConfig())
 
 
 @gin.configurable(module='models')

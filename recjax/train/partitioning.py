@@ -90,6 +90,10 @@ def standard_logical_axis_rules(
       ('layers', None),
       ('stack', None),
       ('mlp_activations', None),
+      # Grouped-query attention's k/v heads (decoder_only.py): split like
+      # 'heads' (replicated when the mesh axis does not divide them).
+      ('kv_heads', 'model'),
+      ('lora_rank', None),  # LoRA adapters: rank is tiny, keep it whole
   ])
   if additional_rules:
     rules.extend(additional_rules)

@@ -19,6 +19,7 @@ from absl import app
 from absl import logging
 import gin
 
+from recjax.train import distributed
 from recjax.train import gin_utils
 from recjax.train import trainer
 
@@ -39,7 +40,12 @@ DEFAULT_MODEL_GIN = 'models/flan_t5_tiny.gin'
 def run_train(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
               gin_search_paths: Optional[Sequence[str]] = None,
               import_task_modules: bool = True):
-  """Parses gin (model gin first, then the run gin, then bindings) and trains."""
+  """Parses gin (model gin first, then the run gin, then bindings) and trains.
+
+  A multi-process run (RECJAX_COORDINATOR_ADDRESS/NUM_PROCESSES/PROCESS_ID or
+  RECJAX_MULTI_HOST=1; `recjax.train.distributed`) starts jax.distributed first.
+  """
+  distributed.maybe_initialize()
   if not gin_files:
     raise ValueError('Give at least one --gin_file, e.g. '
                      '--gin_file=models/flan_t5_tiny.gin '

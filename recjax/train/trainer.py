@@ -27,6 +27,7 @@ import seqio
 import tensorflow as tf
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from recjax.models import lora as lora_lib
 from recjax.train import checkpointing
 from recjax.train import metrics_writer as metrics_lib
 from recjax.train import model_api
@@ -66,7 +67,8 @@ def _split_microbatches(batch: Mapping[str, jax.Array], n: int):
 def make_train_step(model: model_api.BaseModel,
                     tx: optax.GradientTransformation,
                     num_microbatches: Optional[int] = None,
-                    data_sharding: Optional[NamedSharding] = None
+                    data_sharding: Optional[NamedSharding] = None,
+                    frozen_patterns: Sequence[str] = ()
                    ) -> Callable[[TrainState, Mapping[str, jax.Array], jax.Array],
                                  Tuple[TrainState, Mapping[str, jax.Array]]]:
   """Pure (state, batch, rng) -> (state, metrics).
@@ -76,12 +78,27 @@ def make_train_step(model: model_api.BaseModel,
   gradient equals the full-batch gradient. A non-finite loss or gradient
   leaves params and optimizer state unchanged (the step counter still
   advances) and set `metrics['finite'] = 0`.
+
+  Parameters matching `frozen_patterns` (the optimizer's frozen ones) enter
+  the loss through `stop_gradient`: their gradients are zeros and their
+  weight-gradient matmuls are never computed (LoRA on a 7B model), and
+  `grad_norm` is the norm over the trained parameters.
   """
   n = num_microbatches or 1
+  frozen_patterns = tuple(frozen_patterns)
+
+  def stop_frozen(params):
+    if not frozen_patterns:
+      return params
+    labels = optimizers.frozen_labels(params, frozen_patterns)
+    return jax.tree_util.tree_map(
+        lambda p, l: jax.lax.stop_gradient(p) if l == optimizers.FROZEN else p,
+        params, labels)
 
   def loss_and_grad(params, mb, rng, normalizer):
     (loss, metrics), grads = jax.value_and_grad(
-        model.loss_fn, has_aux=True)(params, mb, rng, normalizer)
+        lambda p, *a: model.loss_fn(stop_frozen(p), *a),
+        has_aux=True)(params, mb, rng, normalizer)
     del loss
     return grads, metrics
 
@@ -154,6 +171,7 @@ class StateSetup:
   state_shardings: TrainState
   param_logical_specs: PyTree
   tx: optax.GradientTransformation
+  input_shapes: Optional[Mapping[str, Tuple[int, ...]]] = None
 
 
 def setup_state(model: model_api.BaseModel, partitioner: partitioning.Partitioner,
@@ -174,7 +192,8 @@ def setup_state(model: model_api.BaseModel, partitioner: partitioning.Partitione
                               params=abstract_params, opt_state=abstract_opt)
   shardings = TrainState(step=partitioner.replicated(), params=param_shardings,
                          opt_state=opt_shardings)
-  return StateSetup(abstract_state, shardings, logical_specs, tx)
+  return StateSetup(abstract_state, shardings, logical_specs, tx,
+                    dict(input_shapes))
 
 
 def init_state(model, setup: StateSetup, partitioner, input_shapes,
@@ -196,20 +215,82 @@ def init_state(model, setup: StateSetup, partitioner, input_shapes,
                     params=params, opt_state=opt_state)
 
 
+def lora_config(model: Any) -> Optional[lora_lib.LoraConfig]:
+  """The LoraConfig of the model's module config (None: no adapters)."""
+  return getattr(getattr(getattr(model, 'module', None), 'config', None),
+                 'lora', None)
+
+
+def is_recjax_dir(path: str) -> bool:
+  return (os.path.isdir(os.path.join(path, 'checkpoints')) or
+          os.path.isdir(os.path.join(path, checkpointing.STATE)) or
+          (os.path.isdir(path) and any(
+              d.isdigit() and os.path.isdir(
+                  os.path.join(path, d, checkpointing.STATE))
+              for d in os.listdir(path))))
+
+
+def recjax_dir_has_lora(path: str) -> bool:
+  """Whether the (latest) recjax checkpoint under `path` holds adapters."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.join(path, 'checkpoints')
+  if not os.path.isdir(os.path.join(path, checkpointing.STATE)):
+    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
+    if not steps:
+      raise FileNotFoundError(f'No recjax checkpoint under {path}')
+    path = os.path.join(path, str(steps[-1]))
+  meta = ocp.StandardCheckpointer().metadata(
+      os.path.join(path, checkpointing.STATE))
+  tree = getattr(meta, 'item_metadata', meta)
+  tree = getattr(tree, 'tree', tree)
+  return lora_lib.has_lora(dict(tree).get('params', {}))
+
+
+def fresh_lora_params(model: model_api.BaseModel, setup: StateSetup,
+                      rng: jax.Array) -> PyTree:
+  """The adapters of a fresh init (sharded), without materialising the base
+  params (XLA drops the initialisers whose results are not returned)."""
+  if setup.input_shapes is None:
+    raise ValueError('fresh_lora_params needs StateSetup.input_shapes')
+  def init(r):
+    p = nn.unbox(model.get_initial_variables(r, setup.input_shapes)['params'])
+    return lora_lib.split_lora(p)[1]
+  shardings = lora_lib.split_lora(setup.state_shardings.params)[1]
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
 def load_initial_params(path: str, setup: StateSetup,
-                        model: Optional[model_api.BaseModel] = None) -> PyTree:
+                        model: Optional[model_api.BaseModel] = None,
+                        rng: Optional[jax.Array] = None) -> PyTree:
   """Params from a recjax orbax dir, or via `recjax.checkpoints.load_params`
-  (HF safetensors / T5X) checked against the model's shapes."""
+  (HF safetensors / T5X) checked against the model's shapes.
+
+  With LoRA (the module config's `lora`), a checkpoint without adapters (HF,
+  T5X, a recjax run without LoRA) gives the base weights, strictly, and the
+  adapters come from a fresh init with `rng` (default PRNGKey(0)); a recjax
+  checkpoint with adapters restores them too.
+  """
   abstract = setup.abstract_state.params
-  is_recjax = (os.path.isdir(os.path.join(path, 'checkpoints')) or
-               os.path.isdir(os.path.join(path, checkpointing.STATE)) or
-               (os.path.isdir(path) and any(
-                   d.isdigit() and os.path.isdir(
-                       os.path.join(path, d, checkpointing.STATE))
-                   for d in os.listdir(path))))
-  if is_recjax:
-    target = checkpointing.abstract_with_shardings(
-        abstract, setup.state_shardings.params)
+  shardings = setup.state_shardings.params
+  lora_cfg = lora_config(model)
+  fresh_adapters = False
+  if lora_cfg is not None and lora_lib.has_lora(abstract):
+    fresh_adapters = not (is_recjax_dir(path) and recjax_dir_has_lora(path))
+    if fresh_adapters:
+      abstract = lora_lib.split_lora(abstract)[0]
+      shardings = lora_lib.split_lora(shardings)[0]
+  params = _load_base_params(path, abstract, shardings, model)
+  if fresh_adapters:
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    params = lora_lib.merge_trees(params, fresh_lora_params(model, setup, rng))
+  return params
+
+
+def _load_base_params(path, abstract, shardings, model):
+  if is_recjax_dir(path):
+    target = checkpointing.abstract_with_shardings(abstract, shardings)
     return checkpointing.restore_params_from_recjax_dir(path, target)
   from recjax import checkpoints  # pylint: disable=g-import-not-at-top
   params = checkpoints.load_params(
@@ -330,12 +411,19 @@ def check_vocab_size(model: model_api.BaseModel, mixture_or_task_name: str,
     return model
   rounded = int(math.ceil(need / 128) * 128)
   if not auto_vocab_size:
+    from recjax import vocabularies  # pylint: disable=g-import-not-at-top
+    big = out_vocab if in_vocab is None or (
+        out_vocab.vocab_size >= in_vocab.vocab_size) else in_vocab
     raise ValueError(
-        f"The model's vocab_size ({have}) is smaller than the vocabulary of "
-        f"task {mixture_or_task_name!r} ({need} ids). Pass "
-        f"--gin.VOCAB_SIZE={rounded} (the model gins bind T5Config.vocab_size "
-        f"= %VOCAB_SIZE), or --gin.train.auto_vocab_size=True to round the "
-        f"task's vocabulary up to a multiple of 128 automatically.")
+        f"The model's vocab_size ({have}) is smaller than tokenizer "
+        f"{vocabularies.describe(big)} of task {mixture_or_task_name!r} "
+        f"({need} ids): ids >= {have} have no embedding row. Pass "
+        f"--gin.VOCAB_SIZE={rounded} (the model gins bind "
+        f"{type(config).__name__}.vocab_size = %VOCAB_SIZE), or "
+        f"--gin.train.auto_vocab_size=True to round the task's vocabulary up "
+        f"to a multiple of 128 automatically (from scratch only: a "
+        f"checkpoint's embedding table keeps its size, so use its own "
+        f"tokenizer).")
   logging.warning('Setting vocab_size %d -> %d for task %s', have, rounded,
                   mixture_or_task_name)
   model.module = model.module.clone(
@@ -346,6 +434,19 @@ def check_vocab_size(model: model_api.BaseModel, mixture_or_task_name: str,
 # ----------------------------------------------------------------- train()
 def _fmt(x: float) -> str:
   return f'{x:.4g}'
+
+
+def _log_trainable(abstract_params: PyTree, frozen_patterns) -> int:
+  """Prints (and returns) how many parameters the optimizer updates."""
+  labels = jax.tree_util.tree_leaves(optimizers.frozen_labels(
+      abstract_params, frozen_patterns))
+  sizes = [int(np.prod(x.shape)) for x in
+           jax.tree_util.tree_leaves(abstract_params)]
+  total = sum(sizes)
+  trainable = sum(n for n, l in zip(sizes, labels) if l != optimizers.FROZEN)
+  print(f'[recjax] trainable parameters: {trainable:,} of {total:,} '
+        f'({100.0 * trainable / max(total, 1):.3g}%)', file=sys.stderr)
+  return trainable
 
 
 @gin.configurable(denylist=['model_dir_override'])
@@ -404,6 +505,9 @@ def train(*,
   learning_rate_fn = learning_rate_fn or optimizers.constant()
   random_seed = 0 if random_seed is None else int(random_seed)
   model = check_vocab_size(model, mixture_or_task_name, auto_vocab_size)
+  lora_cfg = lora_config(model)
+  if lora_cfg is not None:  # LoRA: only the adapters train
+    frozen_patterns = tuple(frozen_patterns) + lora_lib.FROZEN_BASE_PATTERNS
 
   converter = model.feature_converter_cls(pack=pack)
   model_lengths = converter.get_model_feature_lengths(task_feature_lengths)
@@ -423,13 +527,17 @@ def train(*,
                                       params=params)
 
   setup = setup_state(model, partitioner, optimizer_fn, input_shapes, init_rng)
+  lora_lib.check_targets(setup.abstract_state.params, lora_cfg)
+  _log_trainable(setup.abstract_state.params, frozen_patterns)
   ckpt = checkpointing.Checkpointer(model_dir, keep=keep_checkpoints)
   latest = ckpt.latest_step()
   same_stream = True  # the saved data position belongs to this pipeline
   if latest is not None:
     target = checkpointing.abstract_with_shardings(setup.abstract_state,
                                                    setup.state_shardings)
-    state, data_pos = ckpt.restore(target, latest)
+    # An unreadable latest step (a truncated file) falls back to the
+    # previous one, with a warning naming it.
+    latest, state, data_pos = ckpt.restore_latest(target)
     batches_consumed = int(data_pos['batches_consumed'])
     if data_pos.get('batch_size') not in (None, batch_size) or data_pos.get(
         'seed') not in (None, random_seed):
@@ -442,7 +550,8 @@ def train(*,
   else:
     params = None
     if initial_checkpoint_path:
-      params = load_initial_params(initial_checkpoint_path, setup, model)
+      params = load_initial_params(initial_checkpoint_path, setup, model,
+                                   rng=init_rng)
       print(f'[recjax] initial params from {initial_checkpoint_path}',
             file=sys.stderr)
     state = init_state(model, setup, partitioner, input_shapes, init_rng,
@@ -450,7 +559,8 @@ def train(*,
     batches_consumed = 0
 
   step_fn = make_train_step(model, setup.tx, num_microbatches,
-                            partitioner.data_sharding())
+                            partitioner.data_sharding(),
+                            frozen_patterns=frozen_patterns)
   batch_shardings = {k: partitioner.data_sharding() for k in model_lengths}
   p_train_step = partitioner.partition(
       step_fn,

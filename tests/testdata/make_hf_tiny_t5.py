@@ -14,6 +14,9 @@ The model is a random T5.1.1-style `T5ForConditionalGeneration` (gated-gelu,
 untied logits) with weights rounded to bfloat16, so the committed safetensors
 file stays small (and recjax's bfloat16 safetensors reading is exercised); the
 reference logits are computed in float32 from exactly those rounded weights.
+The encoder (160 tokens) is longer than max_distance (128) and the decoder (24)
+longer than its exact-bucket range (16), so the logarithmic buckets and the
+clamp at the last bucket are both exercised by the parity test.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import transformers
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'hf_tiny_t5')
 SEED = 20240611
-BATCH, ENC_LEN, DEC_LEN = 2, 40, 12
+BATCH, ENC_LEN, DEC_LEN = 2, 160, 24
 
 
 def main():
@@ -50,7 +53,7 @@ def main():
   dec[:, 0] = 0  # decoder start token
   targets = rng.randint(2, 128, size=(BATCH, DEC_LEN)).astype(np.int32)
   enc_padded = enc.copy()
-  enc_padded[1, ENC_LEN - 15:] = 0  # second example: 15 padding positions
+  enc_padded[1, ENC_LEN - 40:] = 0  # second example: 40 padding positions
   mask = (enc_padded > 0).astype(np.int64)
 
   with torch.no_grad():

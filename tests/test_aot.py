@@ -1,0 +1,171 @@
+"""Compile-ahead sizing (recjax.train.aot) on a TPU topology, without a TPU."""
+import math
+
+import gin
+import pytest
+
+from recjax.models import t5
+from recjax.train import aot
+
+# Names the 1-D rules put on 'model'; 2-D also puts 'embed' on 'data'.
+MODEL_AXES = {'vocab', 'mlp', 'heads', 'joined_kv'}
+
+
+@pytest.mark.parametrize('name, canonical, shape, cloud', [
+    ('v5e:2x2', 'v5e:2x2', (2, 2), 'v5e-4'),
+    ('v5e-16', 'v5e:4x4', (4, 4), 'v5e-16'),
+    ('v5e-256', 'v5e:16x16', (16, 16), 'v5e-256'),
+    ('v5litepod-32', 'v5e:4x8', (4, 8), 'v5e-32'),
+    ('v4-128', 'v4:4x4x4', (4, 4, 4), 'v4-128'),   # 128 TensorCores, 64 chips
+    ('v4-32', 'v4:2x2x4', (2, 2, 4), 'v4-32'),
+    ('v5p-128', 'v5p:4x4x4', (4, 4, 4), 'v5p-128'),
+    ('v5p-256', 'v5p:4x4x8', (4, 4, 8), 'v5p-256'),
+    ('v4:4x4x8', 'v4:4x4x8', (4, 4, 8), 'v4-256'),
+])
+def test_parse_topology(name, canonical, shape, cloud):
+  t = aot.parse_topology(name)
+  assert (t.name, t.shape, t.accelerator_type) == (canonical, shape, cloud)
+  assert t.num_chips == math.prod(shape)
+
+
+@pytest.mark.parametrize('name, message', [
+    ('v9:4x4', 'Unknown TPU topology'),
+    ('v5e:4x4x4', 'a v5e topology has 2 positive axes'),
+    ('v4-127', 'must be even'),
+    ('v5e-24', 'not a power of two'),
+])
+def test_parse_topology_errors(name, message):
+  with pytest.raises(ValueError, match=message):
+    aot.parse_topology(name)
+
+
+def _expected_param_bytes(config, model_size, data_size, two_d):
+  """Per-chip float32 bytes from the logical axis names, by hand."""
+  axes = t5.logical_axes(config)
+  shapes = t5.param_shapes(config)
+  total = 0
+  import jax
+  flat = jax.tree_util.tree_flatten_with_path(
+      axes, is_leaf=lambda x: x is None or isinstance(
+          x, jax.sharding.PartitionSpec))[0]
+  for path, spec in flat:
+    shape = shapes['/'.join(k.key for k in path)]
+    size = math.prod(shape)
+    used = set()
+    for dim, name in zip(shape, tuple(spec or ())):
+      if name in MODEL_AXES and 'model' not in used and dim % model_size == 0:
+        used.add('model')
+        size //= model_size
+      elif (two_d and name == 'embed' and 'data' not in used and
+            dim % data_size == 0):
+        used.add('data')
+        size //= data_size
+    total += 4 * size
+  return total
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  cfg = aot.model_from_gin(['models/flan_t5_tiny.gin'],
+                           ['VOCAB_SIZE = 256'])
+  yield cfg
+  gin.clear_config()
+
+
+@pytest.fixture(scope='module')
+def devices():
+  pytest.importorskip('libtpu', reason='libtpu is not installed: pip install '
+                      "'.[tpu_aot]' to compile for TPU topologies")
+  return aot.topology_devices(aot.parse_topology('v5e:2x2'))
+
+
+def test_topology_devices(devices):
+  assert len(devices) == 4
+  assert {d.device_kind for d in devices} == {'TPU v5 lite'}
+
+
+def test_two_d_parameter_bytes_by_hand(tiny, devices):
+  """Per-chip state bytes follow the rules: no compile needed for this."""
+  import jax
+  from recjax.train import partitioning
+  from recjax.train import trainer
+  config = tiny['model'].module.config
+  assert config.vocab_size == 256
+  for part, two_d in (('1d', False), ('2d', True)):
+    p = partitioning.Partitioner(
+        num_partitions=2, logical_axis_rules=aot.logical_axis_rules(part),
+        devices=devices)
+    setup = trainer.setup_state(tiny['model'], p, aot.default_optimizer_fn,
+                                {'encoder_input_tokens': (1, 8),
+                                 'decoder_input_tokens': (1, 8),
+                                 'decoder_target_tokens': (1, 8)},
+                                jax.random.PRNGKey(0))
+    got = aot.tree_bytes_per_device(setup.abstract_state.params,
+                                    setup.state_shardings.params)
+    assert got == _expected_param_bytes(config, 2, 2, two_d), part
+  total = 4 * aot.num_params(setup.abstract_state.params)
+  assert total == 4 * sum(math.prod(s) for s in t5.param_shapes(
+      config).values())
+  assert _expected_param_bytes(config, 2, 2, True) < _expected_param_bytes(
+      config, 2, 2, False) < total
+
+
+def test_compile_tiny_on_v5e_2x2(tiny, devices):
+  r = aot.size_model(tiny['model'], 'v5e:2x2', num_partitions=2,
+                     partitioning_name='1d', batch_size=8,
+                     task_feature_lengths={'inputs': 32, 'targets': 8},
+                     optimizer_fn=tiny['optimizer_fn'], num_beams=2,
+                     model_name='tiny', devices=devices)
+  config = tiny['model'].module.config
+  assert r.mesh == {'data': 2, 'model': 2}
+  assert r.num_params == sum(math.prod(s) for s in
+                             t5.param_shapes(config).values())
+  t = r.train
+  # Every kernel of the tiny model divides by 2: each chip holds half of
+  # them, and all of the replicated layer norms and nothing else.
+  assert t.parameter_bytes == _expected_param_bytes(config, 2, 2, False)
+  replicated = 4 * sum(math.prod(s) for k, s in t5.param_shapes(
+      config).items() if 'layer_norm' in k or k.endswith('norm/scale'))
+  assert t.parameter_bytes == (4 * r.num_params - replicated) // 2 + replicated
+  assert t.error is None and t.fits
+  assert t.hbm_bytes == 16 * aot.GiB
+  # The compiled inputs hold at least the state and this chip's batch
+  # (TPU layouts pad small arrays); the donated state is updated in place.
+  batch_bytes = 8 * 4 * (8 // 2) * 32  # 8 int32 features of [4, <=32]
+  assert t.argument_bytes >= t.parameter_bytes + t.optimizer_bytes
+  assert t.argument_bytes <= 4 * (t.parameter_bytes + t.optimizer_bytes +
+                                  batch_bytes)
+  assert t.alias_bytes >= t.parameter_bytes
+  assert 0 < t.peak_bytes < t.hbm_bytes
+  assert t.flops > 0
+  assert t.roofline_seconds == pytest.approx(t.flops / 197e12)
+  d = r.decode
+  assert d.error is None and d.fits
+  assert d.parameter_bytes == t.parameter_bytes and d.optimizer_bytes == 0
+  assert d.argument_bytes >= d.parameter_bytes
+  row = aot.table_row(r)
+  assert '| tiny | v5e-4 (v5e:2x2) | 1d | 2x2 | 8 |' in row and '| yes |' in row
+  # Without compiling: the same state bytes, nothing else known.
+  s = aot.size_model(tiny['model'], 'v5e:2x2', num_partitions=2,
+                     batch_size=8, task_feature_lengths={'inputs': 32,
+                                                         'targets': 8},
+                     optimizer_fn=tiny['optimizer_fn'], compile=False,
+                     devices=devices)
+  assert (s.train.parameter_bytes, s.train.optimizer_bytes) == (
+      t.parameter_bytes, t.optimizer_bytes)
+  assert s.train.fits is None and s.train.peak_bytes is None
+  assert s.decode.parameter_bytes == t.parameter_bytes
+
+
+def test_cli_bad_topology_is_one_line():
+  import subprocess
+  import sys
+  pytest.importorskip('libtpu', reason='libtpu is not installed')
+  out = subprocess.run(
+      [sys.executable, '-m', 'recjax.main', 'aot',
+       '--gin_file=models/flan_t5_tiny.gin', '--topology=v9:4x4'],
+      capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1] == (
+      "recjax aot: Unknown TPU topology 'v9:4x4': expected e.g. v5e:4x4, "
+      "v4:4x4x4, v5e-256 or v4-128, with a chip in ['v4', 'v5e', 'v5p']")
