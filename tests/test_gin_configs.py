@@ -26,9 +26,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN_DIR = os.path.join(ROOT, 'gin_configs')
 MODEL_GINS = sorted(glob.glob(os.path.join(GIN_DIR, 'models', '*.gin')))
 RUN_GINS = sorted(glob.glob(os.path.join(GIN_DIR, 'runs', '*.gin')))
+# models/architectures/*.gin are fragments every model gin includes (they
+# need its MODEL_CONFIG), so the model-gin tests parse them.
+ARCHITECTURE_GINS = sorted(glob.glob(os.path.join(GIN_DIR, 'models',
+                                                  'architectures', '*.gin')))
 OTHER_GINS = sorted(set(glob.glob(os.path.join(GIN_DIR, '**', '*.gin'),
                                   recursive=True)) - set(MODEL_GINS) -
-                    set(RUN_GINS))
+                    set(RUN_GINS) - set(ARCHITECTURE_GINS))
 LENGTHS = {'inputs': 24, 'targets': 12}
 TINY = [
     'T5Config.vocab_size = 384',
@@ -95,6 +99,13 @@ def _run_bindings(model_dir, task, tiny=None):
 
 def test_configs_exist():
   assert RUN_GINS, 'gin_configs/runs/*.gin missing'
+  included = set()
+  for path in MODEL_GINS:
+    with open(path, encoding='utf-8') as f:
+      included |= set(re.findall(r"^include\s+'(models/architectures/[^']+)'",
+                                 f.read(), re.M))
+  # Every model gin picks one architecture, and both are in use.
+  assert {_rel(p) for p in ARCHITECTURE_GINS} == included
   names = {os.path.basename(p) for p in RUN_GINS}
   assert {'finetune.gin', 'pretrain.gin'} <= names
 
@@ -147,9 +158,11 @@ def test_run_gin_trains_one_step(run_gin, tmp_path):
   assert os.path.isdir(os.path.join(tmp_path, 'checkpoints', '1'))
 
 
-@pytest.mark.parametrize('path', OTHER_GINS, ids=_rel)
+@pytest.mark.parametrize('path', OTHER_GINS + ARCHITECTURE_GINS, ids=_rel)
 def test_other_gins_parse(path):
-  gin_utils.parse_gin_flags([path], [], skip_unknown=True)
+  # An architecture fragment alone needs the model gin's MODEL_CONFIG.
+  bindings = ['MODEL_CONFIG = None'] if path in ARCHITECTURE_GINS else []
+  gin_utils.parse_gin_flags([path], bindings, skip_unknown=True)
 
 
 def test_gin_flag_rewriting():

@@ -289,7 +289,10 @@ def vocabulary_bos_id(vocabulary: Optional[seqio.Vocabulary]) -> int:
   SentencePiece, Qwen2)."""
   if vocabulary is None or not getattr(vocabulary, 'add_bos', True):
     return 0
-  bos = getattr(vocabulary, 'bos_id', None)
+  try:
+    bos = getattr(vocabulary, 'bos_id', None)
+  except NotImplementedError:  # seqio's base Vocabulary (e.g. PassThrough)
+    bos = None
   if bos is None and isinstance(vocabulary, seqio.SentencePieceVocabulary):
     try:
       bos = vocabulary.tokenizer.bos_id()
