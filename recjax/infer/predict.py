@@ -172,7 +172,7 @@ def _decoder_only_prefill(model, params, inputs, max_decode_length):
   logits, state = apply({'params': params, 'cache': lm_cache}, tokens,
                         decoder_segment_ids=valid, decoder_positions=positions,
                         decoder_causal_attention=causal, prefill=True,
-                        max_decode_length=total)
+                        max_decode_length=total, logits_from=p - 1)
   cache = {'lm': state['cache'],
            'first_logits': logits[:, -1, :].astype(jnp.float32),
            'next_position': positions[:, -1] + 1,
@@ -269,11 +269,10 @@ def _decoder_only_target_logits(model, params, inputs, targets):
   causal = None
   if model.inputs_bidirectional_attention:
     causal = jnp.concatenate([valid, jnp.zeros_like(targets[:, :-1])], axis=1)
-  logits = model.module.apply(
+  return model.module.apply(
       {'params': params}, seq, decoder_segment_ids=segments,
       decoder_positions=seq_positions, decoder_causal_attention=causal,
-      enable_dropout=False)
-  return logits[:, p - 1:]
+      enable_dropout=False, logits_from=p - 1)
 
 
 def _encoder_decoder_logits(model, params, batch):
@@ -305,11 +304,16 @@ def score_candidates(model: Any, params: PyTree, encoder_input_tokens: Array,
   b, c, t = candidate_targets.shape
   targets = candidate_targets.reshape(b * c, t).astype(jnp.int32)
   if is_decoder_only(model):
-    # The prompt runs once per candidate (no shared prefix cache yet).
-    logits = _decoder_only_target_logits(
-        model, params, jnp.repeat(encoder_input_tokens, c, axis=0), targets)
-    weights = (targets > 0).astype(jnp.float32)
-    return _token_log_likelihood(logits, targets, weights).reshape(b, c)
+    # The prompt runs once per candidate (no shared prefix cache yet), one
+    # candidate column of the batch at a time, so memory stays that of one
+    # [B, prompt + T] forward whatever the number of candidates.
+    def one_column(column):  # [B, T]
+      logits = _decoder_only_target_logits(model, params,
+                                           encoder_input_tokens, column)
+      return _token_log_likelihood(logits, column,
+                                   (column > 0).astype(jnp.float32))
+    columns = jnp.swapaxes(candidate_targets.astype(jnp.int32), 0, 1)
+    return jnp.swapaxes(jax.lax.map(one_column, columns), 0, 1)
   encoded = _encode(module, params, encoder_input_tokens)
   inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shift right, start 0
   logits = module.apply(

@@ -375,7 +375,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, embedded, positions, mask, segments, deterministic=True,
-               decode=False, prefill=False):
+               decode=False, prefill=False, logits_from=0):
     cfg = self.config
     dtype, param_dtype = _dtypes(cfg)
     y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
@@ -384,6 +384,8 @@ class Decoder(nn.Module):
     for lyr in range(cfg.num_layers):
       y = layer_cls(config=cfg, name=f'layers_{lyr}')(
           y, positions, mask, segments, deterministic, decode, prefill)
+    if logits_from:
+      y = y[:, logits_from:]
     y = t5.LayerNorm(epsilon=cfg.rms_norm_eps, dtype=dtype,
                      param_dtype=param_dtype, name='decoder_norm')(y)
     y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
@@ -423,23 +425,27 @@ class DecoderOnlyTransformer(nn.Module):
                decoder_segment_ids=None, decoder_positions=None,
                decoder_causal_attention=None, *, input_embeddings=None,
                embedding_mask=None, enable_dropout=True, decode=False,
-               prefill=False, max_decode_length=None):
+               prefill=False, max_decode_length=None, logits_from=0):
     """Logits [B, L, vocab] float32; see the module docstring for decoding.
 
     decoder_target_tokens is only the key-padding fallback (T5X API parity);
     max_decode_length is unused (rotary needs no table; the cache length is
-    the allocation length).
+    the allocation length). `logits_from` (static) returns only the logits of
+    positions >= logits_from, [B, L - logits_from, vocab]: inference reads
+    the prompt's last position and the targets, and the logits of a long
+    prompt over a large vocabulary would dwarf everything else.
     """
     del max_decode_length
     with lora.intercept(self.config.lora, deterministic=not enable_dropout):
       return self._forward(decoder_input_tokens, decoder_target_tokens,
                            decoder_segment_ids, decoder_positions,
                            decoder_causal_attention, input_embeddings,
-                           embedding_mask, enable_dropout, decode, prefill)
+                           embedding_mask, enable_dropout, decode, prefill,
+                           logits_from)
 
   def _forward(self, tokens, targets, segment_ids, positions, causal_attention,
                input_embeddings, embedding_mask, enable_dropout, decode,
-               prefill):
+               prefill, logits_from=0):
     if tokens.ndim != 2:
       raise ValueError(f'decoder_input_tokens must be [batch, length], got '
                        f'shape {tokens.shape}')
@@ -461,7 +467,7 @@ class DecoderOnlyTransformer(nn.Module):
       positions = positions.astype(jnp.int32)
     return self.decoder(x, positions, mask, segments,
                         deterministic=not enable_dropout, decode=decode,
-                        prefill=prefill)
+                        prefill=prefill, logits_from=int(logits_from))
 
 
 # ----------------------------------------------------------------------------
