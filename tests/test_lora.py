@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import seqio
 
 from recjax import checkpoints
 from recjax.checkpoints import export
@@ -189,18 +188,11 @@ def test_targets_that_match_nothing_are_an_error():
 # ------------------------------------------------------------------ training
 @functools.lru_cache(maxsize=None)
 def _host_batches(batch_size=8, n=3):
-  name = test_utils.register_tiny_task()
-  it = trainer.get_dataset_iterator(
-      name, LENGTHS, seqio.EncDecFeatureConverter(pack=True), 'train',
-      batch_size, shuffle=True, seed=0, num_epochs=None, use_cached=False,
-      shard_info=None)
-  return [next(it) for _ in range(n)]
+  return test_utils.tiny_task_batches(LENGTHS, batch_size, n)
 
 
 def _input_shapes():
-  lengths = seqio.EncDecFeatureConverter(pack=True).get_model_feature_lengths(
-      LENGTHS)
-  return {k: (1, v) for k, v in lengths.items()}
+  return test_utils.encdec_input_shapes(LENGTHS)
 
 
 def _adam():

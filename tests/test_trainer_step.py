@@ -11,7 +11,6 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import pytest
-import seqio
 
 from recjax.train import optimizers
 from recjax.train import partitioning
@@ -25,18 +24,11 @@ RTOL, ATOL = 2e-5, 2e-6
 
 @functools.lru_cache(maxsize=None)
 def _host_batches(batch_size=8, n=2):
-  name = test_utils.register_tiny_task()
-  it = trainer.get_dataset_iterator(
-      name, LENGTHS, seqio.EncDecFeatureConverter(pack=True), 'train',
-      batch_size, shuffle=True, seed=0, num_epochs=None, use_cached=False,
-      shard_info=None)
-  return [next(it) for _ in range(n)]
+  return test_utils.tiny_task_batches(LENGTHS, batch_size, n)
 
 
 def _input_shapes():
-  lengths = seqio.EncDecFeatureConverter(pack=True).get_model_feature_lengths(
-      LENGTHS)
-  return {k: (1, v) for k, v in lengths.items()}
+  return test_utils.encdec_input_shapes(LENGTHS)
 
 
 class Run(NamedTuple):

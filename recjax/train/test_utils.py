@@ -72,6 +72,24 @@ class TinyConfig:
   dtype: str = 'float32'
 
 
+def tiny_task_batches(lengths, batch_size: int = 8, n: int = 2) -> list:
+  """The first `n` packed EncDec host batches of the tiny task (seeded)."""
+  from recjax.train import trainer  # pylint: disable=g-import-not-at-top
+  name = register_tiny_task()
+  it = trainer.get_dataset_iterator(
+      name, lengths, seqio.EncDecFeatureConverter(pack=True), 'train',
+      batch_size, shuffle=True, seed=0, num_epochs=None, use_cached=False,
+      shard_info=None)
+  return [next(it) for _ in range(n)]
+
+
+def encdec_input_shapes(lengths) -> dict:
+  """{feature: (1, length)} of packed EncDec batches, for model init."""
+  model_lengths = seqio.EncDecFeatureConverter(
+      pack=True).get_model_feature_lengths(lengths)
+  return {k: (1, v) for k, v in model_lengths.items()}
+
+
 def _dense(features, axes, name):
   return nn.DenseGeneral(
       features, use_bias=False, name=name,
