@@ -201,7 +201,7 @@ def test_wheel_ships_the_gin_configs(tmp_path):
     shipped = {n for n in z.namelist() if n.endswith('.gin')}
     z.extractall(tmp_path / 'site')
   want = {'recjax/gin_configs/' + os.path.relpath(p, GIN_DIR)
-          for p in MODEL_GINS + RUN_GINS + OTHER_GINS}
+          for p in MODEL_GINS + RUN_GINS + OTHER_GINS + ARCHITECTURE_GINS}
   assert shipped == want
   # From elsewhere, the unpacked wheel's gin_utils searches its own configs.
   out = subprocess.run(
