@@ -12,17 +12,16 @@ import pytest
 import seqio
 
 from recjax.infer import predict
-from recjax.infer import trie as trie_lib
 from recjax.models import decoder_only
 from recjax.train import model_api
 from recjax.train import partitioning
+import test_decoding
 
 V = 32
 CFG = decoder_only.DecoderOnlyConfig(
     vocab_size=V, emb_dim=16, num_heads=4, num_kv_heads=2, head_dim=8,
     num_layers=2, mlp_dim=32, dtype='float32')
-CATALOGUE = [[5, 9], [5, 9, 12], [5, 20, 3], [7], [7, 7, 7, 7], [13, 2],
-             [31, 30, 29], [5, 9, 12, 4], [18, 6], [2, 3, 4]]
+CATALOGUE = test_decoding.CATALOGUE
 
 
 def _params(cfg=CFG, seed=0, scale=3.0):
@@ -182,32 +181,8 @@ def test_rows_decode_as_if_alone(params):
 
 
 def test_constrained_beam_search_equals_brute_force_over_catalogue(params):
-  """12 beams >= 10 items: the ranked items and their scores are exactly the
-  length-penalised likelihoods of every catalogue item."""
-  model = _model()
-  trie = trie_lib.CatalogueTrie.build(CATALOGUE, vocab_size=V,
-                                      max_children=2)
-  inputs = _prompts(2, 6, seed=6)
-  length, alpha, beams = 6, 0.6, 12
-  tokens, scores = _jit(predict.predict_batch, model, decode_method='beam',
-                        num_decodes=beams, max_decode_length=length,
-                        alpha=alpha)(
-      params, {'encoder_input_tokens': jnp.asarray(inputs)},
-      constraint=trie.constraint())
-  items = trie.items_of(np.asarray(tokens))
-  cands = np.zeros((2, len(CATALOGUE), length), np.int32)
-  for c, item in enumerate(CATALOGUE):
-    cands[:, c, :len(item) + 1] = item + [1]
-  lp = np.asarray(_jit(predict.score_candidates, model)(
-      params, jnp.asarray(inputs), jnp.asarray(cands)))
-  lens = np.array([len(i) + 1 for i in CATALOGUE])
-  want = lp / ((5 + lens) / 6) ** alpha
-  for b in range(2):
-    order = np.argsort(-want[b])
-    np.testing.assert_array_equal(items[b, :len(CATALOGUE)], order)
-    np.testing.assert_allclose(np.asarray(scores[b, :len(CATALOGUE)]),
-                               want[b, order], atol=1e-4)
-    assert (np.asarray(scores[b, len(CATALOGUE):]) < -1e6).all()
+  test_decoding.check_constrained_beams_equal_brute_force(
+      _model(), params, jnp.asarray(_prompts(2, 6, seed=6)), V)
 
 
 def test_sampling_returns_its_own_log_likelihood(params):

@@ -314,32 +314,40 @@ CATALOGUE = [[5, 9], [5, 9, 12], [5, 20, 3], [7], [7, 7, 7, 7], [13, 2],
              [31, 30, 29], [5, 9, 12, 4], [18, 6], [2, 3, 4]]
 
 
-def test_constrained_beam_search_equals_brute_force_over_catalogue(model32):
-  """12 beams >= 10 items: exact; the 2 extra beams are impossible."""
-  model, params = model32
-  trie = trie_lib.CatalogueTrie.build(CATALOGUE, vocab_size=32,
+def check_constrained_beams_equal_brute_force(model, params, prompts,
+                                              vocab_size):
+  """12 beams >= 10 items: the ranked items and their scores are exactly the
+  length-penalised likelihoods of every catalogue item (`score_candidates`),
+  and the 2 extra beams are impossible (any model architecture)."""
+  trie = trie_lib.CatalogueTrie.build(CATALOGUE, vocab_size=vocab_size,
                                       max_children=2)  # root is 'wide'
-  enc = _enc(32, batch=2)
   length, alpha, beams = 6, 0.6, 12
   fn = _predict(model, decode_method='beam', num_decodes=beams,
                 max_decode_length=length, alpha=alpha)
-  tokens, scores = fn(params, {'encoder_input_tokens': enc},
+  tokens, scores = fn(params, {'encoder_input_tokens': prompts},
                       constraint=trie.constraint())
   items = trie.items_of(np.asarray(tokens))
-  cands = np.zeros((2, len(CATALOGUE), length), np.int32)
+  b = prompts.shape[0]
+  cands = np.zeros((b, len(CATALOGUE), length), np.int32)
   for c, item in enumerate(CATALOGUE):
     cands[:, c, :len(item) + 1] = item + [1]
   lp = np.asarray(_jit_model_fn(predict.score_candidates, model)(
-      params, enc, jnp.asarray(cands)))
+      params, prompts, jnp.asarray(cands)))
   lens = np.array([len(i) + 1 for i in CATALOGUE])
   want = lp / ((5 + lens) / 6) ** alpha
-  for b in range(2):
-    order = np.argsort(-want[b])
-    np.testing.assert_array_equal(items[b, :len(CATALOGUE)], order)
-    np.testing.assert_allclose(np.asarray(scores[b, :len(CATALOGUE)]),
-                               want[b, order], atol=1e-4)
+  for r in range(b):
+    order = np.argsort(-want[r])
+    np.testing.assert_array_equal(items[r, :len(CATALOGUE)], order)
+    np.testing.assert_allclose(np.asarray(scores[r, :len(CATALOGUE)]),
+                               want[r, order], atol=1e-4)
     # More beams than items: the rest are impossible, never NaN.
-    assert (np.asarray(scores[b, len(CATALOGUE):]) < -1e6).all()
+    assert (np.asarray(scores[r, len(CATALOGUE):]) < -1e6).all()
+
+
+def test_constrained_beam_search_equals_brute_force_over_catalogue(model32):
+  model, params = model32
+  check_constrained_beams_equal_brute_force(model, params, _enc(32, batch=2),
+                                            32)
 
 
 def test_constrained_beam_search_with_few_beams_returns_items(model32):

@@ -8,7 +8,10 @@ callback
 
 so they know nothing about the network, and run entirely inside
 `lax.while_loop` with fixed shapes (jittable, shardable). Token 0 is the
-decoder's start token (and padding), `eos_id` ends a sequence.
+decoder's start token (and padding), `eos_id` ends a sequence. A model whose
+first logits are already known (a decoder-only LM that prefilled its prompt)
+passes them as `initial_logits` [batch, V]; the first step then uses them
+instead of calling `tokens_to_logits`.
 
 Constrained decoding goes through a *constraint*: any pytree with
 
@@ -82,6 +85,18 @@ def _masked_log_probs(logits: Array, constraint: Any, cstate: Optional[Array]
   return jnp.where(mask, log_probs, NEG_INF)
 
 
+def _step_logits(tokens_to_logits: TokensToLogits, cur: Array, cache: PyTree,
+                 i: Array, initial_logits: Optional[Array], repeats: int
+                ) -> Tuple[Array, PyTree]:
+  """The model step, or at i == 0 the given `initial_logits` (repeated for
+  each decode of an example, the cache untouched)."""
+  if initial_logits is None:
+    return tokens_to_logits(cur[:, None], cache)
+  first = jnp.repeat(initial_logits.astype(jnp.float32), repeats, axis=0)
+  return lax.cond(i == 0, lambda: (first, cache),
+                  lambda: tokens_to_logits(cur[:, None], cache))
+
+
 def _is_key_batch(rng: Array) -> bool:
   """True for one PRNG key per example, False for a single key."""
   if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
@@ -93,7 +108,9 @@ def temperature_sample(cache: PyTree, tokens_to_logits: TokensToLogits, *,
                        batch_size: int, max_decode_len: int, eos_id: int = 1,
                        rng: Optional[Array] = None, temperature: float = 1.0,
                        topk: int = 0, num_decodes: int = 1,
-                       constraint: Any = None) -> Tuple[Array, Array]:
+                       constraint: Any = None,
+                       initial_logits: Optional[Array] = None
+                      ) -> Tuple[Array, Array]:
   """Samples (or greedily decodes) `num_decodes` sequences per example.
 
   Args:
@@ -112,6 +129,7 @@ def temperature_sample(cache: PyTree, tokens_to_logits: TokensToLogits, *,
     topk: if > 0, sample only among the k most likely (allowed) tokens.
     num_decodes: samples per example.
     constraint: optional constraint pytree (module docstring).
+    initial_logits: optional [B, V] logits of the first step (module doc).
 
   Returns:
     (sequences int32 [B, num_decodes, max_decode_len] without the start token,
@@ -143,7 +161,8 @@ def temperature_sample(cache: PyTree, tokens_to_logits: TokensToLogits, *,
 
   def body(state):
     i, cur, seqs, log_prob, ended, cache, cstate = state
-    logits, cache = tokens_to_logits(cur[:, None], cache)
+    logits, cache = _step_logits(tokens_to_logits, cur, cache, i,
+                                 initial_logits, num_decodes)
     log_probs = _masked_log_probs(logits, constraint, cstate)
     if greedy:
       nxt = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
@@ -189,7 +208,9 @@ def temperature_sample(cache: PyTree, tokens_to_logits: TokensToLogits, *,
 def beam_search(cache: PyTree, tokens_to_logits: TokensToLogits, *,
                 batch_size: int, num_beams: int, max_decode_len: int,
                 eos_id: int = 1, alpha: float = 0.6,
-                constraint: Any = None) -> Tuple[Array, Array]:
+                constraint: Any = None,
+                initial_logits: Optional[Array] = None
+               ) -> Tuple[Array, Array]:
   """T5X-style beam search with alive and finished sets.
 
   Each step extends the `num_beams` alive beams by every token, keeps the top
@@ -209,6 +230,7 @@ def beam_search(cache: PyTree, tokens_to_logits: TokensToLogits, *,
     eos_id: ends a sequence.
     alpha: length-penalty exponent (0 = raw log-probabilities).
     constraint: optional constraint pytree (module docstring).
+    initial_logits: optional [B, V] logits of the first step (module doc).
 
   Returns:
     (sequences int32 [B, num_beams, max_decode_len], scores float32
@@ -241,7 +263,8 @@ def beam_search(cache: PyTree, tokens_to_logits: TokensToLogits, *,
     prev = lax.dynamic_index_in_dim(live_seqs, jnp.maximum(i - 1, 0), axis=2,
                                     keepdims=False)
     cur = jnp.where(i == 0, 0, prev).reshape(n)
-    logits, cache = tokens_to_logits(cur[:, None], cache)
+    logits, cache = _step_logits(tokens_to_logits, cur, cache, i,
+                                 initial_logits, k)
     vocab = logits.shape[-1]
     log_probs = _masked_log_probs(logits, constraint, cstate)
     cand = (live_lp[:, :, None] + log_probs.reshape(b, k, vocab)).reshape(

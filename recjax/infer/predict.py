@@ -81,18 +81,32 @@ def predict_batch(model: Any, params: PyTree, batch: Mapping[str, Array], *,
     raise ValueError(f'Greedy decoding gives one output; got num_decodes='
                      f'{num_decodes}.')
   prompts = jnp.asarray(batch['encoder_input_tokens'])
+  initial_logits = None
   if is_decoder_only(model):
-    cache, tokens_to_logits = _decoder_only_prefill(model, params, prompts,
-                                                    max_decode_length)
+    cache, tokens_to_logits, initial_logits = _decoder_only_prefill(
+        model, params, prompts, max_decode_length)
   else:
     cache, tokens_to_logits = _encoder_decoder_start(
         model, params, prompts, num_decodes, max_decode_length)
   b = prompts.shape[0]
-  return _run_decoder(model, cache, tokens_to_logits, batch_size=b, rng=rng,
-                      decode_method=decode_method, num_decodes=num_decodes,
-                      alpha=alpha, temperature=temperature, topk=topk,
-                      max_decode_length=max_decode_length,
-                      constraint=constraint)
+  eos_id = _eos_id(model)
+  if decode_method == 'beam':
+    return decoding.beam_search(
+        cache, tokens_to_logits, batch_size=b, num_beams=num_decodes,
+        max_decode_len=max_decode_length, eos_id=eos_id, alpha=alpha,
+        constraint=constraint, initial_logits=initial_logits)
+  if decode_method == 'greedy':
+    temperature = 0.0
+  seqs, log_probs = decoding.temperature_sample(
+      cache, tokens_to_logits, batch_size=b, max_decode_len=max_decode_length,
+      eos_id=eos_id, rng=rng, temperature=temperature, topk=topk,
+      num_decodes=num_decodes, constraint=constraint,
+      initial_logits=initial_logits)
+  if num_decodes > 1:
+    order = jnp.argsort(-log_probs, axis=1)
+    seqs = jnp.take_along_axis(seqs, order[:, :, None], axis=1)
+    log_probs = jnp.take_along_axis(log_probs, order, axis=1)
+  return seqs, log_probs
 
 
 def is_decoder_only(model: Any) -> bool:
@@ -134,24 +148,24 @@ def left_align(inputs: Array, start_id: int = 0
   positions [B, L+1]: 0 at the start token, counting up; 0 on padding).
   Padding is token 0 (prompt tokens are never 0: SeqIO reserves it).
   """
-  b, l = inputs.shape
+  l = inputs.shape[1]
   n = jnp.sum(inputs > 0, axis=1, keepdims=True)
   k = jnp.arange(l + 1)[None, :] - (l - n) - 1   # index into inputs
   gathered = jnp.take_along_axis(inputs, jnp.clip(k, 0, l - 1), axis=1)
   tokens = jnp.where(k >= 0, gathered, jnp.where(k == -1, start_id, 0))
   valid = (k >= -1).astype(jnp.int32)
   positions = jnp.where(k >= -1, k + 1, 0).astype(jnp.int32)
-  del b
   return tokens.astype(jnp.int32), valid, positions
 
 
 def _decoder_only_prefill(model, params, inputs, max_decode_length):
-  """(cache, step fn) of a decoder-only model after prefilling the prompts.
+  """(cache, step fn, first logits) of a decoder-only model after
+  prefilling the prompts.
 
   The cache holds the model's KV cache (prompt columns + max_decode_length
-  slots), each row's next rotary position, and the prefill's last logits,
-  which the decoders' first step returns instead of running the model
-  (their first fed token is the start token, already in the prompt).
+  slots) and each row's next rotary position. The prefill's last logits are
+  the decoders' `initial_logits`: their first step uses them instead of
+  running the model (its fed start token is already in the prompt).
   """
   module = model.module
   tokens, valid, positions = left_align(inputs, model.bos_id)
@@ -173,52 +187,16 @@ def _decoder_only_prefill(model, params, inputs, max_decode_length):
                         decoder_segment_ids=valid, decoder_positions=positions,
                         decoder_causal_attention=causal, prefill=True,
                         max_decode_length=total, logits_from=p - 1)
-  cache = {'lm': state['cache'],
-           'first_logits': logits[:, -1, :].astype(jnp.float32),
-           'next_position': positions[:, -1] + 1,
-           'started': jnp.zeros((), jnp.bool_)}
+  cache = {'lm': state['cache'], 'next_position': positions[:, -1] + 1}
 
   def tokens_to_logits(tok, cache):
-    def first(_):
-      return cache['first_logits'], cache['lm']
+    out, st = apply({'params': params, 'cache': cache['lm']}, tok,
+                    decoder_positions=cache['next_position'][:, None],
+                    max_decode_length=total)
+    return out[:, -1, :].astype(jnp.float32), {
+        'lm': st['cache'], 'next_position': cache['next_position'] + 1}
 
-    def step(_):
-      out, st = apply({'params': params, 'cache': cache['lm']}, tok,
-                      decoder_positions=cache['next_position'][:, None],
-                      max_decode_length=total)
-      return out[:, -1, :].astype(jnp.float32), st['cache']
-
-    logits, lm = jax.lax.cond(cache['started'], step, first, None)
-    next_position = cache['next_position'] + cache['started'].astype(
-        jnp.int32)
-    return logits, {'lm': lm, 'first_logits': cache['first_logits'],
-                    'next_position': next_position,
-                    'started': jnp.ones((), jnp.bool_)}
-
-  return cache, tokens_to_logits
-
-
-def _run_decoder(model, cache, tokens_to_logits, *, batch_size, rng,
-                 decode_method, num_decodes, alpha, temperature, topk,
-                 max_decode_length, constraint):
-  b = batch_size
-  eos_id = _eos_id(model)
-  if decode_method == 'beam':
-    return decoding.beam_search(
-        cache, tokens_to_logits, batch_size=b, num_beams=num_decodes,
-        max_decode_len=max_decode_length, eos_id=eos_id, alpha=alpha,
-        constraint=constraint)
-  if decode_method == 'greedy':
-    temperature = 0.0
-  seqs, log_probs = decoding.temperature_sample(
-      cache, tokens_to_logits, batch_size=b, max_decode_len=max_decode_length,
-      eos_id=eos_id, rng=rng, temperature=temperature, topk=topk,
-      num_decodes=num_decodes, constraint=constraint)
-  if num_decodes > 1:
-    order = jnp.argsort(-log_probs, axis=1)
-    seqs = jnp.take_along_axis(seqs, order[:, :, None], axis=1)
-    log_probs = jnp.take_along_axis(log_probs, order, axis=1)
-  return seqs, log_probs
+  return cache, tokens_to_logits, logits[:, -1, :]
 
 
 def _eos_id(model: Any) -> int:
