@@ -20,7 +20,11 @@ ensure_venv() {
       return 1
     fi
     case ",$extra," in *,beam,*)  # see launch/constraints.txt: beam vs protobuf 7
-      "$VENV/bin/python" -m pip install -q "protobuf==7.36.2" >> "$VENV/install.log" 2>&1 ;;
+      if ! "$VENV/bin/python" -m pip install -q "protobuf==7.36.2" \
+          >> "$VENV/install.log" 2>&1; then
+        echo "[recjax] pip install protobuf failed (log: $VENV/install.log)" >&2
+        return 1
+      fi ;;
     esac
     touch "$stamp"
   fi

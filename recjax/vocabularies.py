@@ -24,9 +24,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
-import threading
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -93,11 +93,9 @@ class _Loaded:
   md5: str
 
 
-_load_lock = threading.Lock()
-
-
 @functools.lru_cache(maxsize=None)
-def _load_cached(tokenizer_file: str) -> _Loaded:
+def _load(tokenizer_file: str) -> _Loaded:
+  """Reads a tokenizer.json and its config files, once per process."""
   import tokenizers  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.exists(tokenizer_file):
     raise FileNotFoundError(f"{tokenizer_file}: no such tokenizer file")
@@ -151,11 +149,6 @@ def _load_cached(tokenizer_file: str) -> _Loaded:
   return _Loaded(tokenizer=tok, size=size, special=special,
                  add_bos=flags["bos"] and special["bos"] is not None,
                  add_eos=flags["eos"], md5=hashlib.md5(raw).hexdigest())
-
-
-def _load(tokenizer_file: str) -> _Loaded:
-  with _load_lock:
-    return _load_cached(tokenizer_file)
 
 
 def _is_special(tok, token_id: int) -> bool:
@@ -363,12 +356,12 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
   def _decode_rows(self, rows) -> list[str]:
     """SeqIO ids -> text per row: padding and out-of-range ids dropped."""
     info = self._info()
+    limit = self._base_vocab_size
     hf_rows = []
     for row in rows:
       row = np.asarray(row, dtype=np.int64).reshape(-1)
-      row = row[(row > 0) & (row < self._base_vocab_size)]
-      row = swap_token_ids(row, self._pad_swap_id)
-      hf_rows.append([int(i) for i in row if i < info.size])
+      row = swap_token_ids(row[(row > 0) & (row < limit)], self._pad_swap_id)
+      hf_rows.append(row[row < info.size].tolist())
     return info.tokenizer.decode_batch(hf_rows, skip_special_tokens=True)
 
   # -- TensorFlow (tf.data): numpy_function around the Python tokenizer
@@ -377,8 +370,8 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
              for t in flat.reshape(-1)]
     encoded = self.tokenizer.encode_batch(texts, add_special_tokens=False)
     lengths = np.array([len(e.ids) for e in encoded], np.int64)
-    values = np.fromiter((i for e in encoded for i in e.ids), np.int32,
-                         count=int(lengths.sum()))
+    values = np.fromiter(itertools.chain.from_iterable(e.ids for e in encoded),
+                         np.int32, count=int(lengths.sum()))
     return swap_token_ids(values, self._pad_swap_id), lengths
 
   def _encode_tf(self, s: tf.Tensor):

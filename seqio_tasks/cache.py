@@ -76,30 +76,25 @@ def cache_tasks(task_names: Sequence[str], output_dir: str | os.PathLike, *,
   skipped unless `overwrite`.
   """
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   from seqio import beam_utils  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import seqio_tasks  # pylint: disable=g-import-not-at-top,unused-import
+  from recjax.data import beam_prepare  # pylint: disable=g-import-not-at-top
   from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
 
   export_prepared_dirs(prepared_dirs)
   output_dir = os.path.abspath(os.path.expanduser(os.fspath(output_dir)))
-  args = [f"--runner={runner}"]
-  if runner in ("DirectRunner", "direct"):
-    args += [f"--direct_num_workers={int(num_workers)}",
-             "--direct_running_mode=" + ("multi_processing" if num_workers > 1
-                                         else "in_memory")]
   written = []
-  with beam.Pipeline(options=PipelineOptions(args + list(pipeline_args))) as p:
+  with beam.Pipeline(options=beam_prepare.pipeline_options(
+      runner, num_workers, pipeline_args)) as p:
     for name in resolve_tasks(task_names):
       task = seqio.get_mixture_or_task(name)
       if not task.supports_caching:
         raise ValueError(f"task {name!r} has no CacheDatasetPlaceholder")
       task_dir = os.path.join(output_dir, seqio.get_task_dir_from_name(name))
-      if tf.io.gfile.exists(os.path.join(task_dir, "COMPLETED")):
-        if not overwrite:
-          _log(f"{name}: already cached in {task_dir}; skipped")
-          continue
+      if not overwrite and tf.io.gfile.exists(
+          os.path.join(task_dir, "COMPLETED")):
+        _log(f"{name}: already cached in {task_dir}; skipped")
+        continue
       if tf.io.gfile.exists(task_dir):
         tf.io.gfile.rmtree(task_dir)
       splits = [s for s in task.splits if s != registry.ABSENT_SPLIT]
@@ -120,12 +115,12 @@ def cache_tasks(task_names: Sequence[str], output_dir: str | os.PathLike, *,
             task.output_features)
              | f"{label}_write_stats" >> beam_utils.WriteJson(
                  seqio.get_cached_stats_path(task_dir, split)))
-      written.append((name, task_dir, splits))
+      written.append(task_dir)
       _log(f"{name}: caching {', '.join(splits)} -> {task_dir}")
-  for name, task_dir, _ in written:  # only once every split is on disk
+  for task_dir in written:  # only once every split is on disk
     with tf.io.gfile.GFile(os.path.join(task_dir, "COMPLETED"), "w") as f:
       f.write("")
-  return [d for _, d, _ in written]
+  return written
 
 
 def add_cache_dirs_from_env() -> list[str]:

@@ -105,7 +105,12 @@ def default_vocabulary(prepared_dir: str | os.PathLike) -> seqio.Vocabulary:
   `recjax.vocabularies.load_vocabulary` with the recorded options.
   """
   prepared_dir = pathlib.Path(prepared_dir).expanduser()
-  manifest = read_manifest(prepared_dir) or {}
+  return _manifest_vocabulary(prepared_dir, read_manifest(prepared_dir))
+
+
+def _manifest_vocabulary(prepared_dir: pathlib.Path,
+                         manifest: dict | None) -> seqio.Vocabulary:
+  manifest = manifest or {}
   options = manifest.get("vocabulary_options")
   if options is None:
     return seqio.SentencePieceVocabulary(
@@ -164,12 +169,12 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
   prepared_dir = pathlib.Path(prepared_dir).expanduser()
   name = sanitize(dataset_name) if dataset_name else dataset_name_for(
       prepared_dir)
-  vocab = vocabulary or default_vocabulary(prepared_dir)
+  manifest = read_manifest(prepared_dir)
+  vocab = vocabulary or _manifest_vocabulary(prepared_dir, manifest)
   output_features = {
       "inputs": seqio.Feature(vocab, add_eos=True, required=True),
       "targets": seqio.Feature(vocab, add_eos=True),
   }
-  manifest = read_manifest(prepared_dir)
   tasks = [t for t in ALL_TASKS
            if manifest is None or t in manifest.get("tasks", ())]
   registered = []

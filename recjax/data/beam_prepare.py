@@ -46,7 +46,7 @@ import numpy as np
 
 from recjax.data.prepared import PreparedData, read_items
 from recjax.data.split import SPLITS
-from recjax.prompts import ALL_TASKS, TASK_SPLITS, TASKS, export
+from recjax.prompts import export
 from recjax.prompts.common import PromptConfig
 
 VOCAB_KEY = -1
@@ -143,36 +143,27 @@ class _Plan:
 
 def _write_shard(plan: _Plan, shard: int, records) -> None:
   """Writes every (task, split) file of one shard; counts go to a sidecar."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   directory = pathlib.Path(plan.directory)
-  items = read_items(directory)
   users = {u: (seq, rts) for rec in records if rec is not None
            for u, seq, rts in [rec]}
-  view = ShardView(items, plan.num_users, users, plan.has_ratings,
-                   plan.rating_range)
+  view = ShardView(read_items(directory), plan.num_users, users,
+                   plan.has_ratings, plan.rating_range)
   counts = []
   for task, split in plan.pairs:
-    start = time.perf_counter()
-    path = directory / export.shard_path(task, split, shard, plan.num_shards)
-    n = 0
-    with tf.io.TFRecordWriter(str(path)) as writer:
-      for ex in TASKS[task](view, split, plan.config, plan.seed,
-                            shard=(shard, plan.num_shards)):
-        writer.write(export.serialize_example(ex))
-        n += 1
-    counts.append((task, split, n, time.perf_counter() - start))
+    n = export.write_shard_file(view, directory, task, split, shard,
+                                plan.num_shards, config=plan.config,
+                                seed=plan.seed)
+    counts.append((task, split, n))
   _write_counts(directory, f"shard-{shard:05d}", {"counts": counts})
 
 
 def _train_vocab(plan: _Plan) -> None:
   directory = pathlib.Path(plan.directory)
   data = PreparedData.load(directory)
-  start = time.perf_counter()
   size = export.train_vocabulary(
       data, directory / export.VOCAB_PATH, config=plan.config, seed=plan.seed,
       tasks=plan.tasks, vocab_size=plan.vocab_size)
-  _write_counts(directory, "vocab", {"vocab_size": size,
-                                     "seconds": time.perf_counter() - start})
+  _write_counts(directory, "vocab", {"vocab_size": size})
 
 
 def _write_counts(directory: pathlib.Path, name: str, obj: Any) -> None:
@@ -191,8 +182,10 @@ def _process_group(plan: _Plan, key_records) -> Iterator[int]:
   yield key
 
 
-def _pipeline_options(runner: str, num_workers: int,
-                      pipeline_args: Sequence[str]):
+def pipeline_options(runner: str, num_workers: int,
+                     pipeline_args: Sequence[str]):
+  """Beam `PipelineOptions`: the runner (DirectRunner: `num_workers`
+  processes) and `pipeline_args` as given. `seqio_tasks.cache` uses it too."""
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   args = [f"--runner={runner}"]
   if runner in ("DirectRunner", "direct"):
@@ -249,35 +242,13 @@ def write_task_files(data: PreparedData, directory: str | os.PathLike, *,
     if not (directory / name).is_file():
       raise FileNotFoundError(f"{directory / name}: missing; write the "
                               "prepared data first (PreparedData.write_into)")
-  tasks = tuple(ALL_TASKS if tasks is None else tasks)
-  for t in tasks:
-    if t not in TASKS:
-      raise ValueError(f"unknown task {t!r}; expected some of {ALL_TASKS}")
-  for s in splits:
-    if s not in SPLITS:
-      raise ValueError(f"unknown split {s!r}; expected some of {SPLITS}")
   if num_workers < 1:
     raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-  skipped = []
-  if "rating" in tasks and not data.has_ratings:
-    skipped.append("rating")
-    tasks = tuple(t for t in tasks if t != "rating")
-  if num_shards is None:
-    num_shards = max(1, min(16, math.ceil(data.num_interactions /
-                                          export._EXAMPLES_PER_SHARD)))  # pylint: disable=protected-access
-  vocab_size = int(vocab_size or export.DEFAULT_VOCAB_SIZE)
-  vocab_path, vocab_options, actual_vocab_size = export.VOCAB_PATH, None, None
-  if vocab_model is not None:
-    vocab_model = pathlib.Path(vocab_model).expanduser()
-    train_vocab = False
-    vocab_path, vocab_options, actual_vocab_size = export._copy_vocabulary(  # pylint: disable=protected-access
-        vocab_model, directory, pad_swap_id)
-
-  pairs = [(t, s) for t in tasks for s in splits if s in TASK_SPLITS[t]]
-  for t, s in pairs:
-    (directory / "tasks" / t).mkdir(parents=True, exist_ok=True)
-    for stale in (directory / "tasks" / t).glob(f"{s}.tfrecord-*"):
-      stale.unlink()
+  task_plan = export.plan_task_files(
+      data, directory, tasks=tasks, splits=splits, num_shards=num_shards,
+      vocab_size=vocab_size, train_vocab=train_vocab, vocab_model=vocab_model,
+      pad_swap_id=pad_swap_id)
+  num_shards = task_plan.num_shards
   counts_dir = directory / _COUNTS_DIR
   counts_dir.mkdir(exist_ok=True)
   for stale in counts_dir.glob("*"):
@@ -287,91 +258,39 @@ def write_task_files(data: PreparedData, directory: str | os.PathLike, *,
     rating_range = (float(np.nanmin(data.seq_ratings)),
                     float(np.nanmax(data.seq_ratings)))
   plan = _Plan(directory=str(directory), num_users=data.num_users,
-               num_shards=int(num_shards), pairs=pairs, config=config,
-               seed=int(seed), tasks=tasks, vocab_size=vocab_size,
-               train_vocab=bool(train_vocab), has_ratings=data.has_ratings,
+               num_shards=num_shards, pairs=task_plan.pairs, config=config,
+               seed=int(seed), tasks=task_plan.tasks,
+               vocab_size=task_plan.vocab_size,
+               train_vocab=task_plan.train_vocab, has_ratings=data.has_ratings,
                rating_range=rating_range)
   start = time.perf_counter()
-  _log(f"{data.name}: {len(pairs)} task/split pairs x {num_shards} shards on "
-       f"{runner}" + (f" ({num_workers} workers)" if runner == "DirectRunner"
-                      else "") + (", training vocabulary" if train_vocab
-                                  else ""))
-  with beam.Pipeline(options=_pipeline_options(runner, num_workers,
-                                               pipeline_args)) as p:
+  _log(f"{data.name}: {len(plan.pairs)} task/split pairs x {num_shards} "
+       f"shards on {runner}" + (f" ({num_workers} workers)" if runner ==
+                                "DirectRunner" else "") + (
+           ", training vocabulary" if plan.train_vocab else ""))
+  with beam.Pipeline(options=pipeline_options(runner, num_workers,
+                                              pipeline_args)) as p:
     build_pipeline(p, plan)
 
-  counts: dict[str, dict[str, int]] = {t: {} for t, _ in pairs}
+  counts: dict[str, dict[str, int]] = {t: {} for t, _ in plan.pairs}
   for i in range(num_shards):
     path = counts_dir / f"shard-{i:05d}.json"
     if not path.is_file():
       raise RuntimeError(f"{path}: shard {i} was not written; the pipeline "
                          "did not finish")
-    for task, split, n, _ in json.loads(path.read_text())["counts"]:
+    for task, split, n in json.loads(path.read_text())["counts"]:
       counts[task][split] = counts[task].get(split, 0) + n
-  if train_vocab:
-    actual_vocab_size = json.loads(
+  trained_vocab_size = None
+  if plan.train_vocab:
+    trained_vocab_size = json.loads(
         (counts_dir / "vocab.json").read_text())["vocab_size"]
   for stale in counts_dir.glob("*"):
     stale.unlink()
   counts_dir.rmdir()
-  manifest = export_manifest(
-      data, directory, pairs=pairs, tasks=tasks, counts=counts,
-      num_shards=num_shards, config=config, seed=seed,
-      vocab_path=vocab_path if train_vocab or vocab_model else None,
-      vocab_model=vocab_model, vocab_options=vocab_options,
-      vocab_size=actual_vocab_size, skipped=skipped,
+  manifest = export.write_manifest(
+      data, directory, task_plan, config=config, seed=seed, counts=counts,
+      trained_vocab_size=trained_vocab_size,
       seconds=time.perf_counter() - start)
   _log(f"{sum(sum(c.values()) for c in counts.values()):,} examples in "
        f"{manifest['seconds']:.1f}s")
-  return manifest
-
-
-def export_manifest(data, directory: pathlib.Path, *, pairs, tasks, counts,
-                    num_shards, config, seed, vocab_path, vocab_model,
-                    vocab_options, vocab_size, skipped,
-                    seconds) -> dict[str, Any]:
-  """Drops empty (task, split) files and writes `export`'s manifest layout.
-
-  tests/test_beam_prepare.py checks it equals the single-process manifest.
-  """
-  files: dict[str, dict[str, list[str]]] = {}
-  patterns: dict[str, dict[str, str]] = {}
-  for t, s in pairs:
-    if counts[t].get(s, 0) == 0:
-      for i in range(num_shards):
-        (directory / export.shard_path(t, s, i, num_shards)).unlink(
-            missing_ok=True)
-      counts[t].pop(s, None)
-      continue
-    files.setdefault(t, {})[s] = [export.shard_path(t, s, i, num_shards)
-                                  for i in range(num_shards)]
-    patterns.setdefault(t, {})[s] = (
-        f"tasks/{t}/{s}.tfrecord-*-of-{num_shards:05d}")
-  present = [t for t in tasks if files.get(t)]
-  manifest = {
-      "format": export.MANIFEST_FORMAT,
-      "dataset": data.name,
-      "tasks": present,
-      "splits": {t: list(files[t]) for t in present},
-      "counts": {t: counts[t] for t in present},
-      "files": files,
-      "file_patterns": patterns,
-      "num_shards": num_shards,
-      "features": {"string": list(export.STRING_FEATURES),
-                   "int64": list(export.INT_FEATURES),
-                   "float": list(export.FLOAT_FEATURES),
-                   "bytes_list": list(export.LIST_FEATURES)},
-      "config": config.to_json(),
-      "seed": seed,
-      "vocabulary": vocab_path,
-      "vocabulary_source": str(vocab_model) if vocab_model else "trained",
-      **({"vocabulary_options": vocab_options} if vocab_options else {}),
-      "vocab_size": vocab_size,
-      "has_ratings": data.has_ratings,
-      "skipped_tasks": skipped,
-      "seconds": round(seconds, 3),
-  }
-  with open(export.manifest_file(directory), "w", encoding="utf-8") as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
-    f.write("\n")
   return manifest

@@ -25,6 +25,7 @@ does not depend on the shard count or on the number of processes.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import itertools
@@ -177,19 +178,31 @@ def shard_path(task: str, split: str, index: int, count: int) -> str:
   return f"tasks/{task}/{split}.tfrecord-{index:05d}-of-{count:05d}"
 
 
-def _write_unit(unit: tuple[str, str, int, int]) -> tuple[str, str, int, int,
-                                                          float]:
+def write_shard_file(data, directory: pathlib.Path, task: str, split: str,
+                     index: int, count: int, *, config: PromptConfig,
+                     seed: int) -> int:
+  """Writes shard `index` of `count` of one (task, split); returns its size.
+
+  `data` is a `PreparedData` or anything the prompt functions read the same
+  way (`recjax.data.beam_prepare.ShardView`); both writers call this, so their
+  shards are the same bytes.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  task, split, index, count = unit
-  data, config, seed, directory = (_STATE["data"], _STATE["config"],
-                                   _STATE["seed"], _STATE["directory"])
-  start = time.perf_counter()
   n = 0
-  path = directory / shard_path(task, split, index, count)
+  path = pathlib.Path(directory) / shard_path(task, split, index, count)
   with tf.io.TFRecordWriter(str(path)) as writer:
     for ex in TASKS[task](data, split, config, seed, shard=(index, count)):
       writer.write(serialize_example(ex))
       n += 1
+  return n
+
+
+def _write_unit(unit: tuple[str, str, int, int]) -> tuple[str, str, int, int,
+                                                          float]:
+  task, split, index, count = unit
+  start = time.perf_counter()
+  n = write_shard_file(_STATE["data"], _STATE["directory"], task, split, index,
+                       count, config=_STATE["config"], seed=_STATE["seed"])
   return task, split, index, n, time.perf_counter() - start
 
 
@@ -274,6 +287,120 @@ def _unit_cost(unit, data: PreparedData) -> float:
 
 
 # ---- the entry point ----------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TaskPlan:
+  """What a task-file writer decides before writing (`plan_task_files`)."""
+  tasks: tuple[str, ...]  # to write: `rating` dropped when data has no ratings
+  skipped: list[str]
+  pairs: list[tuple[str, str]]  # (task, split) files to write
+  num_shards: int
+  train_vocab: bool
+  vocab_size: int  # of the vocabulary to train
+  vocabulary: dict[str, Any]  # the manifest's vocabulary* entries
+  given_vocab_size: int | None  # tokens of a given vocabulary
+
+
+def plan_task_files(data: PreparedData, directory: pathlib.Path, *,
+                    tasks: Sequence[str] | None, splits: Sequence[str],
+                    num_shards: int | None, vocab_size: int | None,
+                    train_vocab: bool,
+                    vocab_model: str | os.PathLike | None,
+                    pad_swap_id: int | str | None) -> TaskPlan:
+  """Checks the arguments, copies a given vocabulary, clears stale shards.
+
+  The first step of `write_task_files` and of its Beam twin
+  (`recjax.data.beam_prepare`); arguments as `write_task_files` takes them.
+  """
+  if not directory.is_dir():
+    raise FileNotFoundError(f"{directory} does not exist")
+  tasks = tuple(ALL_TASKS if tasks is None else tasks)
+  for t in tasks:
+    if t not in TASKS:
+      raise ValueError(f"unknown task {t!r}; expected some of {ALL_TASKS}")
+  for s in splits:
+    if s not in SPLITS:
+      raise ValueError(f"unknown split {s!r}; expected some of {SPLITS}")
+  skipped = []
+  if "rating" in tasks and not data.has_ratings:
+    skipped.append("rating")
+    tasks = tuple(t for t in tasks if t != "rating")
+  if num_shards is None:
+    num_shards = max(1, min(16, math.ceil(data.num_interactions /
+                                          _EXAMPLES_PER_SHARD)))
+  vocabulary: dict[str, Any] = {
+      "vocabulary": VOCAB_PATH if train_vocab else None,
+      "vocabulary_source": "trained"}
+  given_vocab_size = None
+  if vocab_model is not None:
+    vocab_model = pathlib.Path(vocab_model).expanduser()
+    train_vocab = False
+    path, options, given_vocab_size = _copy_vocabulary(
+        vocab_model, directory, pad_swap_id)
+    vocabulary = {"vocabulary": path, "vocabulary_source": str(vocab_model),
+                  "vocabulary_options": options}
+
+  pairs = [(t, s) for t in tasks for s in splits if s in TASK_SPLITS[t]]
+  for t, s in pairs:
+    (directory / "tasks" / t).mkdir(parents=True, exist_ok=True)
+    for stale in (directory / "tasks" / t).glob(f"{s}.tfrecord-*"):
+      stale.unlink()  # a previous run's shards would match the file pattern
+  return TaskPlan(tasks=tasks, skipped=skipped, pairs=pairs,
+                  num_shards=int(num_shards), train_vocab=bool(train_vocab),
+                  vocab_size=int(vocab_size or DEFAULT_VOCAB_SIZE),
+                  vocabulary=vocabulary, given_vocab_size=given_vocab_size)
+
+
+def write_manifest(data: PreparedData, directory: pathlib.Path,
+                   plan: TaskPlan, *, config: PromptConfig, seed: int,
+                   counts: dict[str, dict[str, int]],
+                   trained_vocab_size: int | None,
+                   seconds: float) -> dict[str, Any]:
+  """Drops empty (task, split) files, writes and returns the manifest.
+
+  The last step of `write_task_files` and of its Beam twin; `counts` holds
+  examples per task and split (absent: none).
+  """
+  num_shards = plan.num_shards
+  counts = {t: dict(counts.get(t, {})) for t, _ in plan.pairs}
+  files: dict[str, dict[str, list[str]]] = {}
+  patterns: dict[str, dict[str, str]] = {}
+  for t, s in plan.pairs:
+    if counts[t].get(s, 0) == 0:  # e.g. no user long enough for held-out items
+      for i in range(num_shards):
+        (directory / shard_path(t, s, i, num_shards)).unlink(missing_ok=True)
+      counts[t].pop(s, None)
+      continue
+    files.setdefault(t, {})[s] = [shard_path(t, s, i, num_shards)
+                                  for i in range(num_shards)]
+    patterns.setdefault(t, {})[s] = f"tasks/{t}/{s}.tfrecord-*-of-{num_shards:05d}"
+  present = [t for t in plan.tasks if files.get(t)]
+  manifest = {
+      "format": MANIFEST_FORMAT,
+      "dataset": data.name,
+      "tasks": present,
+      "splits": {t: list(files[t]) for t in present},
+      "counts": {t: counts[t] for t in present},
+      "files": files,
+      "file_patterns": patterns,
+      "num_shards": num_shards,
+      "features": {"string": list(STRING_FEATURES), "int64": list(INT_FEATURES),
+                   "float": list(FLOAT_FEATURES),
+                   "bytes_list": list(LIST_FEATURES)},
+      "config": config.to_json(),
+      "seed": seed,
+      **plan.vocabulary,
+      "vocab_size": (plan.given_vocab_size if trained_vocab_size is None
+                     else trained_vocab_size),
+      "has_ratings": data.has_ratings,
+      "skipped_tasks": plan.skipped,
+      "seconds": round(seconds, 3),
+  }
+  with open(manifest_file(directory), "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=2, sort_keys=True)
+    f.write("\n")
+  return manifest
+
+
 def write_task_files(data: PreparedData, directory: pathlib.Path, *,
                      config: PromptConfig, seed: int = 0,
                      tasks: Sequence[str] | None = None,
@@ -309,54 +436,28 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
     num_workers: processes (default: up to 2 for logs of 50k+ interactions).
   """
   directory = pathlib.Path(directory)
-  if not directory.is_dir():
-    raise FileNotFoundError(f"{directory} does not exist")
-  tasks = tuple(ALL_TASKS if tasks is None else tasks)
-  for t in tasks:
-    if t not in TASKS:
-      raise ValueError(f"unknown task {t!r}; expected some of {ALL_TASKS}")
-  for s in splits:
-    if s not in SPLITS:
-      raise ValueError(f"unknown split {s!r}; expected some of {SPLITS}")
-  skipped = []
-  if "rating" in tasks and not data.has_ratings:
-    skipped.append("rating")
-    tasks = tuple(t for t in tasks if t != "rating")
-  if num_shards is None:
-    num_shards = max(1, min(16, math.ceil(data.num_interactions /
-                                          _EXAMPLES_PER_SHARD)))
+  plan = plan_task_files(
+      data, directory, tasks=tasks, splits=splits, num_shards=num_shards,
+      vocab_size=vocab_size, train_vocab=train_vocab, vocab_model=vocab_model,
+      pad_swap_id=pad_swap_id)
   if num_workers is None:
     num_workers = min(2, os.cpu_count() or 1) if (
         data.num_interactions >= 50_000) else 1
-  vocab_size = int(vocab_size or DEFAULT_VOCAB_SIZE)
-  vocab_path = VOCAB_PATH
-  vocab_options = None
-  given_vocab_size = None
-  if vocab_model is not None:
-    vocab_model = pathlib.Path(vocab_model).expanduser()
-    train_vocab = False
-    vocab_path, vocab_options, given_vocab_size = _copy_vocabulary(
-        vocab_model, directory, pad_swap_id)
-
-  pairs = [(t, s) for t in tasks for s in splits if s in TASK_SPLITS[t]]
-  for t, s in pairs:
-    (directory / "tasks" / t).mkdir(parents=True, exist_ok=True)
-    for stale in (directory / "tasks" / t).glob(f"{s}.tfrecord-*"):
-      stale.unlink()  # a previous run's shards would match the file pattern
-  work: list[Any] = [(t, s, i, num_shards) for t, s in pairs
+  num_shards = plan.num_shards
+  work: list[Any] = [(t, s, i, num_shards) for t, s in plan.pairs
                      for i in range(num_shards)]
-  if train_vocab:
-    work.append(("<vocab>", (tasks, vocab_size), 0, 1))
+  if plan.train_vocab:
+    work.append(("<vocab>", (plan.tasks, plan.vocab_size), 0, 1))
   work.sort(key=lambda u: -_unit_cost(u, data))
 
   _STATE.update(data=data, config=config, seed=seed, directory=directory)
-  counts: dict[str, dict[str, int]] = {t: {} for t, _ in pairs}
+  counts: dict[str, dict[str, int]] = {t: {} for t, _ in plan.pairs}
   seconds: dict[str, float] = {}
-  actual_vocab_size = given_vocab_size
+  trained_vocab_size = None
   start = time.perf_counter()
-  _log(f"{data.name}: {len(pairs)} task/split pairs x {num_shards} shards, "
-       f"{num_workers} process(es)" + (", training vocabulary" if train_vocab
-                                       else ""))
+  _log(f"{data.name}: {len(plan.pairs)} task/split pairs x {num_shards} "
+       f"shards, {num_workers} process(es)" + (
+           ", training vocabulary" if plan.train_vocab else ""))
   try:
     if num_workers > 1:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
@@ -369,7 +470,7 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
     _STATE.clear()
   for task, split, _, n, secs in results:
     if task == "<vocab>":
-      actual_vocab_size = n
+      trained_vocab_size = n
       continue
     counts[task][split] = counts[task].get(split, 0) + n
     seconds[task] = seconds.get(task, 0.0) + secs
@@ -377,45 +478,9 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
     total = sum(counts[task].values())
     _log(f"{task}: {total:,} examples "
          f"({total / max(seconds[task], 1e-9):,.0f}/s per process)")
-
-  files: dict[str, dict[str, list[str]]] = {}
-  patterns: dict[str, dict[str, str]] = {}
-  for t, s in pairs:
-    if counts[t].get(s, 0) == 0:  # e.g. no user long enough for held-out items
-      for i in range(num_shards):
-        (directory / shard_path(t, s, i, num_shards)).unlink(missing_ok=True)
-      counts[t].pop(s, None)
-      continue
-    files.setdefault(t, {})[s] = [shard_path(t, s, i, num_shards)
-                                  for i in range(num_shards)]
-    patterns.setdefault(t, {})[s] = f"tasks/{t}/{s}.tfrecord-*-of-{num_shards:05d}"
-  present = [t for t in tasks if files.get(t)]
-  manifest = {
-      "format": MANIFEST_FORMAT,
-      "dataset": data.name,
-      "tasks": present,
-      "splits": {t: list(files[t]) for t in present},
-      "counts": {t: counts[t] for t in present},
-      "files": files,
-      "file_patterns": patterns,
-      "num_shards": num_shards,
-      "features": {"string": list(STRING_FEATURES), "int64": list(INT_FEATURES),
-                   "float": list(FLOAT_FEATURES),
-                   "bytes_list": list(LIST_FEATURES)},
-      "config": config.to_json(),
-      "seed": seed,
-      "vocabulary": vocab_path if train_vocab or vocab_model else None,
-      "vocabulary_source": str(vocab_model) if vocab_model else "trained",
-      **({"vocabulary_options": vocab_options} if vocab_options else {}),
-      "vocab_size": actual_vocab_size,
-      "has_ratings": data.has_ratings,
-      "skipped_tasks": skipped,
-      "seconds": round(time.perf_counter() - start, 3),
-  }
-  with open(manifest_file(directory), "w", encoding="utf-8") as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
-    f.write("\n")
-  return manifest
+  return write_manifest(data, directory, plan, config=config, seed=seed,
+                        counts=counts, trained_vocab_size=trained_vocab_size,
+                        seconds=time.perf_counter() - start)
 
 
 def _copy_vocabulary(given: pathlib.Path, directory: pathlib.Path,
