@@ -266,17 +266,15 @@ class DecoderOnlyModel(TokenLossModel):
   def _compute_logits(self, params, batch, dropout_rng):
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
     positions = batch.get('decoder_positions')
-    segments = batch.get('decoder_segment_ids')
-    if segments is None:
-      # Unpacked rows: real tokens are those with a target (T5X convention).
-      segments = (batch['decoder_target_tokens'] > 0).astype(jnp.int32)
     causal = (batch.get('decoder_causal_attention')
               if self.inputs_bidirectional_attention else None)
+    # Unpacked rows carry no segment ids: the module then masks the keys
+    # whose target is 0 (T5X's convention).
     return self.module.apply(
         {'params': params},
         self.with_start_token(batch['decoder_input_tokens'], positions),
         batch['decoder_target_tokens'],
-        decoder_segment_ids=segments,
+        decoder_segment_ids=batch.get('decoder_segment_ids'),
         decoder_positions=positions,
         decoder_causal_attention=causal,
         enable_dropout=dropout_rng is not None,
