@@ -105,9 +105,7 @@ def main():
     sys.exit("aot_scale: needs libtpu: pip install '.[tpu_aot]'")
   have = available_models()
   if args.full or args.models or args.topologies or args.partitionings:
-    models = (args.models.split(',') if args.models else
-              [m for m in have if m in ('base', 'xl', 'xxl', 'llama2_7b',
-                                        'qwen2_5_7b')])
+    models = args.models.split(',') if args.models else have
     topologies = (args.topologies.split(',') if args.topologies
                   else list(TOPOLOGIES))
     parts = (args.partitionings.split(',') if args.partitionings

@@ -67,14 +67,13 @@ import train_throughput as tt  # this directory is sys.path[0]
 HELPER = pathlib.Path(__file__).resolve().parent / "_torch_llama_train.py"
 # (batch, inputs, targets): a few minutes each on 2 idle cores.
 DEFAULT_SHAPES = {"tiny": (32, 192, 64), "100m": (2, 224, 32)}
-# gin bindings over decoder_tiny.gin (see the module doc).
+# DecoderOnlyConfig bindings over decoder_tiny.gin (see the module doc).
 SIZES = {
     "tiny": {},
     "100m": {"emb_dim": 768, "num_layers": 12, "num_heads": 12,
              "num_kv_heads": 4, "head_dim": 64, "mlp_dim": 2048,
-             "tie_word_embeddings": True},
+             "vocab_size": 32000, "tie_word_embeddings": True},
 }
-VOCAB = {"tiny": None, "100m": 32000}  # None: the gin's VOCAB_SIZE
 
 
 def load_config(name: str, dropout: float, dtype: str):
@@ -83,8 +82,6 @@ def load_config(name: str, dropout: float, dtype: str):
   if name not in SIZES:
     raise ValueError(f"unknown config {name!r}; expected one of {list(SIZES)}")
   bindings = [f"ACTIVATION_DTYPE = '{dtype}'", f"DROPOUT_RATE = {dropout}"]
-  if VOCAB[name]:
-    bindings.append(f"VOCAB_SIZE = {VOCAB[name]}")
   bindings += [f"DecoderOnlyConfig.{k} = {v!r}" for k, v in SIZES[name].items()]
   return tt.gin_config(decoder_only.DecoderOnlyConfig,
                        "models/decoder_tiny.gin", bindings)

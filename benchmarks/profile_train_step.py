@@ -195,18 +195,13 @@ def main(argv=None) -> dict:
   host_malloc.tune()
   import jax  # pylint: disable=g-import-not-at-top
   import train_throughput as tt  # pylint: disable=g-import-not-at-top
-  if args.config.startswith("decoder_"):
+  bench, name = tt, args.config
+  if name.startswith("decoder_"):
     import decoder_train_throughput as bench  # pylint: disable=g-import-not-at-top
-    name = args.config[len("decoder_"):]
-    cfg = bench.load_config(name, 0.0, "float32")
-    b, li, lt = bench.DEFAULT_SHAPES[name]
-    runner = bench.recjax_runner(cfg, b, li, lt, 0)
-  else:
-    bench = tt
-    cfg = tt.load_config(args.config, 0.0, "float32")
-    b, li, lt = tt.DEFAULT_SHAPES[args.config]
-    runner = tt.RecjaxRunner(cfg, tt.make_batch(cfg.vocab_size, b, li, lt, 0),
-                             0)
+    name = name[len("decoder_"):]
+  cfg = bench.load_config(name, 0.0, "float32")
+  b, li, lt = bench.DEFAULT_SHAPES[name]
+  runner = bench.recjax_runner(cfg, b, li, lt, 0)
   runner.run(2)  # compile + warm-up
   names = hlo_op_names(
       runner.step.lower(runner.state, runner.batch, runner.rng)
@@ -256,7 +251,7 @@ def main(argv=None) -> dict:
   total = sum(split.values())
   n_params = len(jax.tree_util.tree_leaves(runner.state.params))
   print(f"{args.config}: {wall:.3f} s/step wall while traced; "
-        f"{total:.0f} ms of op time per step; {n_params} parameters")
+        f"{total:.0f} ms of op time per step; {n_params} parameter arrays")
   print(f"{'part':<16} {'matmul ms':>10} {'thunks':>7} {'other ms':>10} "
         f"{'thunks':>7}")
   for part in ("model", "optimizer+loss"):

@@ -1,4 +1,5 @@
-"""The `recjax` command: prepare, show, train, eval, infer, baseline.
+"""The `recjax` command: prepare, show, train, eval, infer, baseline, export,
+aot, cache_tasks.
 
 Each sub-command defines only its own absl flags, so `recjax prepare --help`
 lists what `prepare` takes. T5X users will recognise `train`:
