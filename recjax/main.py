@@ -401,10 +401,27 @@ def run(argv: Sequence[str] | None = None) -> None:
     print(f"recjax: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
     sys.exit(2)
   define, main, _ = COMMANDS[command]
+  before = set(FLAGS)
   define()
+  _list_in_help(set(FLAGS) - before)
   tf_quiet.import_tensorflow()
   app.run(_user_errors(command, main),
           argv=[f"{argv[0]} {command}"] + gin_utils.rewrite_gin_args(argv[2:]))
+
+
+def _list_in_help(names) -> None:
+  """Makes `--help` list the command's flags however recjax was started.
+
+  absl's help shows the flags of the module named by sys.argv[0]; the
+  flags are registered to the modules that defined them (recjax.main,
+  recjax.train.aot_main, ...), which matches sys.argv[0] only under
+  `python recjax/main.py`, not for the `recjax` console script.
+  """
+  shown = {f.name for f in FLAGS.flags_by_module_dict().get(sys.argv[0], [])}
+  for name in sorted(names):
+    if FLAGS[name].name not in shown:
+      FLAGS.register_flag_by_module(sys.argv[0], FLAGS[name])
+      shown.add(FLAGS[name].name)
 
 
 class _ExpectedOrbaxNoise(std_logging.Filter):

@@ -197,3 +197,11 @@ def test_orbax_metadata_warning_is_filtered_and_others_kept():
   assert absl_logger.filter(record(orbax_file, "Something new: %s"))
   assert absl_logger.filter(record("/x/recjax/train/trainer.py",
                                    "Metadata file does not exist: %s"))
+
+
+def test_help_lists_flags_defined_outside_main():
+  """`recjax aot --help` lists the flags aot_main defines (absl shows only
+  the flags registered to sys.argv[0]'s module)."""
+  res = _recjax("aot", "--help")  # absl exits 1 after printing help
+  assert "Traceback" not in res.stderr
+  assert "--topology" in res.stdout and "--gin_file" in res.stdout
