@@ -21,7 +21,7 @@ def _cpu_only_with_libtpu() -> bool:
   if find("libtpu") is None:
     return False
   return not any(find(p) for p in ("jax_cuda12_plugin", "jax_cuda13_plugin",
-                                   "jax_rocm60_plugin"))
+                                   "jax_rocm60_plugin", "jax_rocm7_plugin"))
 
 
 if _cpu_only_with_libtpu():

@@ -157,6 +157,27 @@ def test_compile_tiny_on_v5e_2x2(tiny, devices):
   assert s.decode.parameter_bytes == t.parameter_bytes
 
 
+def test_lora_sizes_the_adapters_state_only(tiny, devices):
+  """With runs/lora.gin the optimizer state is the adapters' alone, as
+  train() freezes the base (the default optimizer too)."""
+  lora = aot.model_from_gin(['models/flan_t5_tiny.gin', 'runs/finetune.gin',
+                             'runs/lora.gin'], ['VOCAB_SIZE = 256'])
+  kw = dict(num_partitions=1, batch_size=8, compile=False, devices=devices,
+            task_feature_lengths={'inputs': 32, 'targets': 8})
+  full = aot.size_model(tiny['model'], 'v5e:2x2',
+                        optimizer_fn=tiny['optimizer_fn'], **kw)
+  r = aot.size_model(lora['model'], 'v5e:2x2',
+                     optimizer_fn=lora['optimizer_fn'],
+                     frozen_patterns=lora['frozen_patterns'], **kw)
+  adapter_bytes = 4 * (r.num_params - full.num_params)
+  assert adapter_bytes > 0
+  # Unfactored second moments (adapters are small) plus a few counters.
+  assert adapter_bytes <= r.train.optimizer_bytes < adapter_bytes + 4096
+  assert r.train.optimizer_bytes < full.train.optimizer_bytes
+  default = aot.size_model(lora['model'], 'v5e:2x2', **kw)
+  assert default.train.optimizer_bytes == r.train.optimizer_bytes
+
+
 def test_cli_bad_topology_is_one_line():
   import subprocess
   import sys

@@ -319,11 +319,12 @@ def _shallow_copy(obj):
   return new
 
 
-def default_optimizer_fn(params) -> optax.GradientTransformation:
+def default_optimizer_fn(params, frozen_patterns: Sequence[str] = ()
+                        ) -> optax.GradientTransformation:
   """The run gins' optimizer: T5X-default Adafactor, constant rate."""
   return optimizers.build_optimizer(
       optimizers.adafactor(learning_rate=optimizers.constant()),
-      frozen_patterns=(), params=params)
+      frozen_patterns=frozen_patterns, params=params)
 
 
 def size_model(model: Any, topology: Topology | str, *,
@@ -336,6 +337,7 @@ def size_model(model: Any, topology: Topology | str, *,
                optimizer_fn: Optional[Callable[[Any],
                                                optax.GradientTransformation]]
                = None,
+               frozen_patterns: Sequence[str] = (),
                pack: bool = True,
                decode: bool = True,
                decode_batch_size: Optional[int] = None,
@@ -355,7 +357,10 @@ def size_model(model: Any, topology: Topology | str, *,
       feature converter turns them into model feature lengths.
     remat_policy: override of the module config's ('none'|'full'|'minimal').
     num_microbatches: gradient accumulation, as `train.num_microbatches`.
-    optimizer_fn: params -> optax transformation (default: Adafactor).
+    optimizer_fn: params -> optax transformation (default: Adafactor),
+      freezing what `train` freezes.
+    frozen_patterns: `train.frozen_patterns` (LoRA's frozen base is added as
+      `train` adds it), for the train step's gradients.
     pack: packed training batches (the run gins' default).
     decode: also compile `predict_batch` (beam search, `num_beams`), inputs
       of length task_feature_lengths['inputs'], max_decode_length of
@@ -384,8 +389,11 @@ def size_model(model: Any, topology: Topology | str, *,
   converter = model.feature_converter_cls(pack=pack)
   lengths = converter.get_model_feature_lengths(dict(task_feature_lengths))
   input_shapes = {k: (1, v) for k, v in lengths.items()}
-  setup = trainer.setup_state(model, part, optimizer_fn or default_optimizer_fn,
-                              input_shapes, jax.random.PRNGKey(0))
+  frozen = trainer.training_frozen_patterns(model, frozen_patterns)
+  optimizer_fn = optimizer_fn or functools.partial(default_optimizer_fn,
+                                                   frozen_patterns=frozen)
+  setup = trainer.setup_state(model, part, optimizer_fn, input_shapes,
+                              jax.random.PRNGKey(0))
   abstract = setup.abstract_state
   shardings = setup.state_shardings
   config = getattr(model.module, 'config', None)
@@ -409,7 +417,8 @@ def size_model(model: Any, topology: Topology | str, *,
 
   # The train step, jitted exactly as trainer.train() jits it.
   step_fn = trainer.make_train_step(model, setup.tx, num_microbatches,
-                                    part.data_sharding())
+                                    part.data_sharding(),
+                                    frozen_patterns=frozen)
   batch_shardings = {k: part.data_sharding() for k in lengths}
   p_train_step = part.partition(
       step_fn, in_shardings=(shardings, batch_shardings, part.replicated()),
@@ -481,14 +490,18 @@ def model_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   rule_bindings = gin.get_bindings('partitioning.standard_logical_axis_rules')
   learning_rate_fn = resolve('learning_rate_fn') or optimizers.constant()
   optimizer = resolve('optimizer') or optimizers.adafactor
+  model = resolve('model')
   frozen = tuple(resolve('frozen_patterns', ()) or ())
+  train_frozen = trainer.training_frozen_patterns(model, frozen)
 
   def optimizer_fn(params):
     return optimizers.build_optimizer(optimizer(learning_rate=learning_rate_fn),
-                                      frozen_patterns=frozen, params=params)
+                                      frozen_patterns=train_frozen,
+                                      params=params)
 
   return dict(
-      model=resolve('model'),
+      model=model,
+      frozen_patterns=frozen,
       batch_size=int(resolve('batch_size')),
       task_feature_lengths=dict(resolve('task_feature_lengths')),
       num_microbatches=resolve('num_microbatches'),

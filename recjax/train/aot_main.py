@@ -74,7 +74,8 @@ def run(FLAGS) -> list:  # pylint: disable=invalid-name
         remat_policy=FLAGS.remat,
         num_microbatches=(FLAGS.num_microbatches
                           or cfg["num_microbatches"]),
-        optimizer_fn=cfg["optimizer_fn"], pack=cfg["pack"],
+        optimizer_fn=cfg["optimizer_fn"],
+        frozen_patterns=cfg["frozen_patterns"], pack=cfg["pack"],
         decode=FLAGS.decode, num_beams=FLAGS.num_beams,
         decode_batch_size=FLAGS.decode_batch_size, model_name=name))
   print(aot.format_table(reports))

@@ -251,38 +251,49 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
       shardings)
 
 
+def latest_state_dir(path: str) -> str:
+  """The `state` item of a recjax model dir's (or checkpoints dir's) latest
+  step, or of a `checkpoints/<step>` dir."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.join(path, 'checkpoints')
+  if not os.path.isdir(os.path.join(path, STATE)):
+    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
+    if not steps:
+      raise FileNotFoundError(f'No recjax checkpoint under {path}')
+    path = os.path.join(path, str(steps[-1]))
+  return os.path.join(path, STATE)
+
+
+def state_metadata(state_dir: str) -> Any:
+  """The saved state's tree of array metadata (shapes, dtypes), no arrays."""
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(state_dir)
+  tree = getattr(meta, 'item_metadata', meta)
+  return getattr(tree, 'tree', tree)
+
+
 def restore_params_from_recjax_dir(path: str, abstract_params: Any) -> Any:
   """Params from a recjax orbax model dir (or its `checkpoints/<step>` dir).
 
   `abstract_params` carries the target shapes/shardings; the optimizer state
   in the checkpoint is not read.
   """
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    path = os.path.join(path, 'checkpoints')
-  step_dir = path
-  if not os.path.isdir(os.path.join(path, STATE)):
-    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
-    if not steps:
-      raise FileNotFoundError(f'No recjax checkpoint under {path}')
-    step_dir = os.path.join(path, str(steps[-1]))
-  state_dir = os.path.join(step_dir, STATE)
-  ckptr = ocp.StandardCheckpointer()
-  meta = ckptr.metadata(state_dir)
-  tree = getattr(meta, 'item_metadata', meta)
-  tree = getattr(tree, 'tree', tree)
+  state_dir = latest_state_dir(path)
   # Restore only the params subtree: build a full abstract target from the
   # metadata, replacing params with the requested target.
   target = jax.tree_util.tree_map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
                                      sharding=_replicated_like(abstract_params)),
-      tree)
+      state_metadata(state_dir))
   target['params'] = abstract_params
   try:
-    restored = ckptr.restore(state_dir, target)
+    with ocp.StandardCheckpointer() as ckptr:
+      restored = ckptr.restore(state_dir, target)
   except Exception as e:  # pylint: disable=broad-except
     raise CorruptCheckpointError(
-        f'checkpoint {step_dir} cannot be read: {_reason(e)}') from e
+        f'checkpoint {os.path.dirname(state_dir)} cannot be read: '
+        f'{_reason(e)}') from e
   return restored['params']
 
 

@@ -9,7 +9,7 @@ import importlib.util  # noqa: F401  (must precede `import gin`)
 import logging as logging_std
 import os
 import re
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 import gin
@@ -85,23 +85,29 @@ def _import_gin_modules(gin_files: Iterable[str], search_paths: Sequence[str]):
     visit(_find(f, search_paths) or f)
 
 
-def defines_macro(gin_files: Sequence[str], macro: str,
-                  search_paths: Sequence[str] = ()) -> bool:
-  """Whether any of the files (or the files they include) binds `macro`."""
+def _gin_texts(gin_files: Sequence[str],
+               search_paths: Sequence[str]) -> Iterator[str]:
+  """The text of each file found and of the files it includes, lazily."""
   paths = [os.path.abspath(p) for p in search_paths] + list(DEFAULT_SEARCH_PATHS)
-  pattern = re.compile(rf'^\s*{re.escape(macro)}\s*=', re.M)
   seen = set()
-  def visit(path) -> bool:
+  def visit(path):
     if path is None or path in seen or not os.path.isfile(path):
-      return False
+      return
     seen.add(path)
     with open(path, encoding='utf-8') as f:
       text = f.read()
-    if pattern.search(text):
-      return True
-    return any(visit(_find(m, paths)) for m in re.findall(
-        r'^\s*include\s+[\'"](.+)[\'"]', text, re.M))
-  return any(visit(_find(f, paths)) for f in gin_files)
+    yield text
+    for m in re.findall(r'^\s*include\s+[\'"](.+)[\'"]', text, re.M):
+      yield from visit(_find(m, paths))
+  for f in gin_files:
+    yield from visit(_find(f, paths))
+
+
+def defines_macro(gin_files: Sequence[str], macro: str,
+                  search_paths: Sequence[str] = ()) -> bool:
+  """Whether any of the files (or the files they include) binds `macro`."""
+  pattern = re.compile(rf'^\s*{re.escape(macro)}\s*=', re.M)
+  return any(pattern.search(t) for t in _gin_texts(gin_files, search_paths))
 
 
 class _GinResourceNoise(logging_std.Filter):
@@ -166,20 +172,10 @@ def configurables() -> List[str]:
 
 def _referenced_macros(gin_files: Sequence[str],
                        search_paths: Sequence[str]) -> set:
-  paths = [os.path.abspath(p) for p in search_paths] + list(DEFAULT_SEARCH_PATHS)
-  seen, names = set(), set()
-  def visit(path):
-    if path is None or path in seen or not os.path.isfile(path):
-      return
-    seen.add(path)
-    with open(path, encoding='utf-8') as f:
-      text = f.read()
+  names = set()
+  for text in _gin_texts(gin_files, search_paths):
     names.update(re.findall(r'%([A-Za-z_][\w.]*)', text))
     names.update(re.findall(r'^\s*([A-Za-z_]\w*)\s*=', text, re.M))
-    for m in re.findall(r'^\s*include\s+[\'"](.+)[\'"]', text, re.M):
-      visit(_find(m, paths))
-  for f in gin_files:
-    visit(_find(f, paths))
   return names
 
 

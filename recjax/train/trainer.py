@@ -171,7 +171,7 @@ class StateSetup:
   state_shardings: TrainState
   param_logical_specs: PyTree
   tx: optax.GradientTransformation
-  input_shapes: Optional[Mapping[str, Tuple[int, ...]]] = None
+  input_shapes: Mapping[str, Tuple[int, ...]]
 
 
 def setup_state(model: model_api.BaseModel, partitioner: partitioning.Partitioner,
@@ -221,6 +221,16 @@ def lora_config(model: Any) -> Optional[lora_lib.LoraConfig]:
                  'lora', None)
 
 
+def training_frozen_patterns(model: Any,
+                             frozen_patterns: Sequence[str] = ()) -> tuple:
+  """`frozen_patterns` plus, with LoRA, every parameter but the adapters:
+  what `train` (and `recjax aot`, sizing the same step) freezes."""
+  frozen = tuple(frozen_patterns or ())
+  if lora_config(model) is not None:
+    frozen += lora_lib.FROZEN_BASE_PATTERNS
+  return frozen
+
+
 def is_recjax_dir(path: str) -> bool:
   return (os.path.isdir(os.path.join(path, 'checkpoints')) or
           os.path.isdir(os.path.join(path, checkpointing.STATE)) or
@@ -232,19 +242,7 @@ def is_recjax_dir(path: str) -> bool:
 
 def recjax_dir_has_lora(path: str) -> bool:
   """Whether the (latest) recjax checkpoint under `path` holds adapters."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    path = os.path.join(path, 'checkpoints')
-  if not os.path.isdir(os.path.join(path, checkpointing.STATE)):
-    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
-    if not steps:
-      raise FileNotFoundError(f'No recjax checkpoint under {path}')
-    path = os.path.join(path, str(steps[-1]))
-  meta = ocp.StandardCheckpointer().metadata(
-      os.path.join(path, checkpointing.STATE))
-  tree = getattr(meta, 'item_metadata', meta)
-  tree = getattr(tree, 'tree', tree)
+  tree = checkpointing.state_metadata(checkpointing.latest_state_dir(path))
   return lora_lib.has_lora(dict(tree).get('params', {}))
 
 
@@ -252,8 +250,6 @@ def fresh_lora_params(model: model_api.BaseModel, setup: StateSetup,
                       rng: jax.Array) -> PyTree:
   """The adapters of a fresh init (sharded), without materialising the base
   params (XLA drops the initialisers whose results are not returned)."""
-  if setup.input_shapes is None:
-    raise ValueError('fresh_lora_params needs StateSetup.input_shapes')
   def init(r):
     p = nn.unbox(model.get_initial_variables(r, setup.input_shapes)['params'])
     return lora_lib.split_lora(p)[1]
@@ -436,8 +432,8 @@ def _fmt(x: float) -> str:
   return f'{x:.4g}'
 
 
-def _log_trainable(abstract_params: PyTree, frozen_patterns) -> int:
-  """Prints (and returns) how many parameters the optimizer updates."""
+def _log_trainable(abstract_params: PyTree, frozen_patterns) -> None:
+  """Prints how many parameters the optimizer updates."""
   labels = jax.tree_util.tree_leaves(optimizers.frozen_labels(
       abstract_params, frozen_patterns))
   sizes = [int(np.prod(x.shape)) for x in
@@ -446,7 +442,6 @@ def _log_trainable(abstract_params: PyTree, frozen_patterns) -> int:
   trainable = sum(n for n, l in zip(sizes, labels) if l != optimizers.FROZEN)
   print(f'[recjax] trainable parameters: {trainable:,} of {total:,} '
         f'({100.0 * trainable / max(total, 1):.3g}%)', file=sys.stderr)
-  return trainable
 
 
 @gin.configurable(denylist=['model_dir_override'])
@@ -506,8 +501,7 @@ def train(*,
   random_seed = 0 if random_seed is None else int(random_seed)
   model = check_vocab_size(model, mixture_or_task_name, auto_vocab_size)
   lora_cfg = lora_config(model)
-  if lora_cfg is not None:  # LoRA: only the adapters train
-    frozen_patterns = tuple(frozen_patterns) + lora_lib.FROZEN_BASE_PATTERNS
+  frozen_patterns = training_frozen_patterns(model, frozen_patterns)
 
   converter = model.feature_converter_cls(pack=pack)
   model_lengths = converter.get_model_feature_lengths(task_feature_lengths)
