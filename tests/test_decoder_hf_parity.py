@@ -97,7 +97,7 @@ def test_rotary_frequencies_turn_and_llama3_bands():
   llama = hf_decoder.decoder_config_from_hf(_dir('hf_tiny_llama'))
   inv = decoder_only.rope_inv_freq(llama)
   np.testing.assert_allclose(inv, 100.0**(-np.arange(0, 8, 2) / 8), rtol=1e-6)
-  # Slowest frequency turns > 10 times within the fixture's 600 positions.
+  # Slowest frequency turns > 3 times within the fixture's 600 positions.
   assert 600 * inv.min() / (2 * np.pi) > 3
   l3 = hf_decoder.decoder_config_from_hf(_dir('hf_tiny_llama3'))
   base = 10000.0**(-np.arange(0, 16, 2) / 16)
@@ -139,7 +139,7 @@ def test_sharded_index_loads_like_one_file(tmp_path):
   tensors = hf.read_safetensors_dir(src)
   assert len({json.load(open(os.path.join(src, 'model.safetensors.index.json'))
                         )['weight_map'][n] for n in tensors}) >= 2
-  hf_decoder.write_safetensors(tensors, str(tmp_path / 'model.safetensors'))
+  hf.write_safetensors(tensors, str(tmp_path / 'model.safetensors'))
   shutil.copy(os.path.join(src, 'config.json'), tmp_path / 'config.json')
   a = checkpoints.flatten_params(checkpoints.load_params(src))
   b = checkpoints.flatten_params(checkpoints.load_params(str(tmp_path)))
@@ -158,7 +158,7 @@ def test_export_import_round_trip_is_exact(name, dtype, tmp_path):
                                               str(tmp_path / 'out'),
                                               dtype=dtype)
   assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors']
-  assert not [f for f in os.listdir(tmp_path) if f.startswith('.tmp')]
+  assert os.listdir(tmp_path) == ['out']  # no temporary left behind
   back = checkpoints.load_params(out, config=config)
   a, b = (checkpoints.flatten_params(params),
           checkpoints.flatten_params(back))
@@ -178,15 +178,17 @@ def test_export_import_round_trip_is_exact(name, dtype, tmp_path):
       hf_cfg, pad_swap_id=3) == config
   with pytest.raises(FileExistsError):
     hf_decoder.save_hf_decoder_checkpoint(params, config, out)
+  hf_decoder.save_hf_decoder_checkpoint(params, config, out, overwrite=True)
+  assert os.listdir(tmp_path) == ['out']
 
 
-def test_export_refuses_lora_leaves_and_bad_model_type(tmp_path):
+def test_export_refuses_lora_leaves_and_bad_dtype(tmp_path):
   config = hf_decoder.decoder_config_from_hf(_dir('hf_tiny_llama'))
   flat = checkpoints.flatten_params(checkpoints.load_params(_dir(
       'hf_tiny_llama')))
-  with pytest.raises(ValueError, match='Qwen2 always has q/k/v biases'):
+  with pytest.raises(ValueError, match='float16'):
     hf_decoder.save_hf_decoder_checkpoint(flat, config, str(tmp_path / 'a'),
-                                          model_type='qwen2')
+                                          dtype='float16')
   flat['decoder/layers_0/self_attention/query/lora_a'] = np.zeros((32, 2))
   with pytest.raises(ValueError, match='lora_a'):
     hf_decoder.save_hf_decoder_checkpoint(flat, config, str(tmp_path / 'b'))
@@ -268,7 +270,7 @@ def _copy(tmp_path, name, edit):
       _dir(name)).items()}
   edit(tensors)
   tmp_path.mkdir(parents=True, exist_ok=True)
-  hf_decoder.write_safetensors(tensors, str(tmp_path / 'model.safetensors'))
+  hf.write_safetensors(tensors, str(tmp_path / 'model.safetensors'))
   shutil.copy(os.path.join(_dir(name), 'config.json'),
               tmp_path / 'config.json')
   return str(tmp_path)

@@ -2,8 +2,10 @@
 entry, sharding, remat and config errors (tiny float32 models on CPU)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -92,14 +94,9 @@ def test_param_tree_names_and_axes():
   assert axes['decoder']['logits_dense']['kernel'] == P('embed', 'vocab')
   assert axes['token_embedder']['embedding'] == P('vocab', 'embed')
   tied = decoder_only.param_shapes(
-      decoder_only.DecoderOnlyConfig(**{**_kw(CFG), 'tie_word_embeddings':
-                                        True, 'qkv_bias': False}))
+      dataclasses.replace(CFG, tie_word_embeddings=True, qkv_bias=False))
   assert 'decoder/logits_dense/kernel' not in tied
   assert not any(k.endswith('bias') for k in tied)
-
-
-def _kw(cfg):
-  return {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
 
 
 def test_make_mask_hand_computed():
@@ -309,8 +306,7 @@ def test_input_embeddings_replace_token_embeddings():
 
 def test_sharded_forward_equals_single_device():
   part = partitioning.Partitioner(mesh_shape=(2, 4))
-  cfg = decoder_only.DecoderOnlyConfig(**{**_kw(CFG), 'num_heads': 8,
-                                          'num_kv_heads': 4})
+  cfg = dataclasses.replace(CFG, num_heads=8, num_kv_heads=4)
   boxed = decoder_only.init_variables(cfg, jax.random.PRNGKey(1))['params']
   params = nn.unbox(boxed)
   shardings = part.param_shardings(boxed)
@@ -340,8 +336,7 @@ def test_remat_policies_identical_logits_and_grads():
   toks = _tokens()
   results = []
   for policy in ('none', 'full', 'minimal'):
-    cfg = decoder_only.DecoderOnlyConfig(**{**_kw(CFG),
-                                            'remat_policy': policy})
+    cfg = dataclasses.replace(CFG, remat_policy=policy)
     model = decoder_only.DecoderOnlyTransformer(cfg)
 
     def loss(p, model=model):
@@ -360,7 +355,7 @@ def test_remat_policies_identical_logits_and_grads():
 
 
 def test_bfloat16_activations_close_to_float32():
-  cfg = decoder_only.DecoderOnlyConfig(**{**_kw(CFG), 'dtype': 'bfloat16'})
+  cfg = dataclasses.replace(CFG, dtype='bfloat16')
   toks = _tokens()
   got = forward(toks, cfg=cfg)
   assert got.dtype == np.float32
@@ -368,13 +363,15 @@ def test_bfloat16_activations_close_to_float32():
 
 
 def test_dropout_needs_rng_and_changes_logits():
-  cfg = decoder_only.DecoderOnlyConfig(**{**_kw(CFG), 'dropout_rate': 0.3})
+  cfg = dataclasses.replace(CFG, dropout_rate=0.3)
   model = decoder_only.DecoderOnlyTransformer(cfg)
   toks = _tokens()
   a = jax.jit(lambda p, t, r: model.apply(
       {'params': p}, t, enable_dropout=True, rngs={'dropout': r}))(
           PARAMS, toks, jax.random.PRNGKey(0))
   assert not np.allclose(a, forward(toks), atol=1e-3)
+  with pytest.raises(flax.errors.InvalidRngError, match='dropout'):
+    model.apply({'params': PARAMS}, toks, enable_dropout=True)
 
 
 @pytest.mark.parametrize('change,match', [
@@ -389,7 +386,7 @@ def test_dropout_needs_rng_and_changes_logits():
 ])
 def test_bad_config_errors(change, match):
   with pytest.raises(ValueError, match=match):
-    decoder_only.DecoderOnlyConfig(**{**_kw(CFG), **change})
+    dataclasses.replace(CFG, **change)
 
 
 def test_rope_scaling_dict_is_hashable_and_old_key_accepted():

@@ -131,7 +131,7 @@ def load_params(path: str, *, expected_shapes: Any = None,
   unexpected ones are dropped with a warning; wrong shapes are still errors.
   config / untie: passed to the HF importer (see `hf.load_hf_params`).
   """
-  from recjax.checkpoints import hf, t5x  # pylint: disable=g-import-not-at-top
+  from recjax.checkpoints import t5x  # pylint: disable=g-import-not-at-top
   fmt = detect_format(path)
   if fmt == 'hf':
     flat = _load_hf(path, config, untie=untie, strict=strict)
@@ -160,7 +160,7 @@ def _load_hf(path: str, config: Any, *, untie: bool, strict: bool):
   from recjax.models import decoder_only  # pylint: disable=g-import-not-at-top
   hf_config = {}
   if os.path.exists(os.path.join(path, 'config.json')):
-    hf_config = hf_decoder.read_hf_config(path)
+    hf_config = hf.read_hf_config(path)
   is_decoder = hf_decoder.is_decoder_config(hf_config)
   if isinstance(config, decoder_only.DecoderOnlyConfig) or is_decoder:
     if hf_config and not is_decoder:

@@ -8,65 +8,24 @@ dir, folds LoRA adapters into their kernels (`--merge_lora`; Hugging Face
 formats have no place for them, so a checkpoint with adapters needs it) and
 writes `model.safetensors` + `config.json` that transformers loads:
 decoder-only configs through `recjax.checkpoints.hf_decoder`, T5 configs by
-inverting `hf.hf_name_table`. The folder is written under a temporary name
-and renamed when complete.
+inverting `hf.hf_name_table`; both through `hf.save_hf_dir`, which writes the
+folder under a temporary name and renames it when complete.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import struct
 import sys
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Sequence
 
+import flax.linen as nn
 import numpy as np
 
+from recjax import checkpoints
+from recjax.checkpoints import hf
+from recjax.checkpoints import hf_decoder
+from recjax.models import decoder_only
 from recjax.models import lora as lora_lib
-
-DTYPES = ('float32', 'bfloat16')
-_ST_NAMES = {np.dtype(np.float32): 'F32', np.dtype(np.float16): 'F16',
-             np.dtype(np.int32): 'I32', np.dtype(np.int64): 'I64'}
-
-
-def _st_dtype(dtype) -> str:
-  import ml_dtypes  # pylint: disable=g-import-not-at-top
-  if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16):
-    return 'BF16'
-  if np.dtype(dtype) not in _ST_NAMES:
-    raise ValueError(f'safetensors: unsupported dtype {dtype}')
-  return _ST_NAMES[np.dtype(dtype)]
-
-
-def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
-                      metadata: Optional[Mapping[str, str]] = None) -> None:
-  """One .safetensors file (8-byte header length, JSON header, raw LE data)."""
-  header: dict[str, Any] = {'__metadata__': dict(metadata or {'format': 'pt'})}
-  offset = 0
-  arrays = []
-  for name in sorted(tensors):
-    arr = np.ascontiguousarray(tensors[name])
-    arr = arr.astype(arr.dtype.newbyteorder('<'), copy=False)
-    header[name] = {'dtype': _st_dtype(arr.dtype), 'shape': list(arr.shape),
-                    'data_offsets': [offset, offset + arr.nbytes]}
-    offset += arr.nbytes
-    arrays.append(arr)
-  blob = json.dumps(header, separators=(',', ':')).encode('utf-8')
-  blob += b' ' * (-len(blob) % 8)  # keep the data 8-byte aligned
-  with open(path, 'wb') as f:
-    f.write(struct.pack('<Q', len(blob)))
-    f.write(blob)
-    for arr in arrays:
-      f.write(arr.tobytes())
-
-
-def _cast(arr: np.ndarray, dtype: str) -> np.ndarray:
-  if dtype not in DTYPES:
-    raise ValueError(f'dtype={dtype!r}: expected one of {DTYPES}')
-  if dtype == 'bfloat16':
-    import ml_dtypes  # pylint: disable=g-import-not-at-top
-    return np.asarray(arr, np.float32).astype(ml_dtypes.bfloat16)
-  return np.asarray(arr, np.float32)
+from recjax.models import t5
 
 
 # ------------------------------------------------------------------ T5
@@ -76,7 +35,7 @@ _HF_FEED_FORWARD = {('gelu', 'linear'): ('gated-gelu', 'gelu_new'),
                     ('silu', 'linear'): ('gated-silu', 'silu')}
 
 
-def hf_t5_config(config) -> dict:
+def hf_t5_config(config, dtype: str = 'float32') -> dict:
   """The `config.json` of T5ForConditionalGeneration for a T5Config."""
   acts = tuple(config.mlp_activations)
   if acts not in _HF_FEED_FORWARD:
@@ -106,55 +65,27 @@ def hf_t5_config(config) -> dict:
       'pad_token_id': 0,
       'eos_token_id': 1,
       'use_cache': True,
+      'torch_dtype': dtype,
   }
 
 
-def t5_params_to_hf(params: Any, config) -> dict[str, np.ndarray]:
+def t5_params_to_hf(params: Any, config,
+                    dtype: str = 'float32') -> dict[str, np.ndarray]:
   """recjax T5 params -> HF tensor names (the inverse of `hf.hf_name_table`)."""
-  from recjax import checkpoints  # pylint: disable=g-import-not-at-top
-  from recjax.checkpoints import hf  # pylint: disable=g-import-not-at-top
   flat = checkpoints.flatten_params(params)
-  table = hf.hf_name_table(config)
-  want = {path for path, _ in table.values()}
-  missing = sorted(want - set(flat))
-  unexpected = sorted(set(flat) - want)
-  if missing or unexpected:
-    raise ValueError(f'T5 params do not match the config: missing {missing}, '
-                     f'unexpected {unexpected}')
-  out = {}
-  for name, (path, transpose) in table.items():
-    arr = np.asarray(flat[path], np.float32)
-    out[name] = np.ascontiguousarray(arr.T) if transpose else arr
-  return out
-
-
-def save_hf_t5_checkpoint(params: Any, config, out_dir: str, *,
-                          dtype: str = 'float32') -> None:
-  """Writes `model.safetensors` + `config.json` of a T5ForConditionalGeneration."""
-  tensors = {k: _cast(v, dtype) for k, v in t5_params_to_hf(params,
-                                                            config).items()}
-  os.makedirs(out_dir, exist_ok=True)
-  write_safetensors(os.path.join(out_dir, 'model.safetensors'), tensors)
-  hf_config = hf_t5_config(config)
-  hf_config['torch_dtype'] = dtype
-  with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
+  checkpoints.check_params(flat, t5.param_shapes(config))
+  return hf.table_to_hf(flat, hf.hf_name_table(config), dtype)
 
 
 # ------------------------------------------------------------------ any model
 def _is_t5(config) -> bool:
-  from recjax.models import t5  # pylint: disable=g-import-not-at-top
   return isinstance(config, t5.T5Config)
 
 
 def abstract_params(config) -> Any:
   """Unboxed ShapeDtypeStructs of the params of a T5 or decoder-only config."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  if _is_t5(config):
-    from recjax.models import t5  # pylint: disable=g-import-not-at-top
-    return nn.unbox(t5.abstract_variables(config))['params']
-  from recjax.models import decoder_only  # pylint: disable=g-import-not-at-top
-  return nn.unbox(decoder_only.abstract_variables(config))['params']
+  module = t5 if _is_t5(config) else decoder_only
+  return nn.unbox(module.abstract_variables(config))['params']
 
 
 def restore_params(checkpoint: str, config) -> Any:
@@ -191,12 +122,11 @@ def restore_params(checkpoint: str, config) -> Any:
 
 def export_checkpoint(config, checkpoint: str, output: str, *,
                       merge_lora: bool = False, dtype: str = 'float32',
-                      overwrite: bool = False,
-                      model_type: Optional[str] = None) -> str:
+                      overwrite: bool = False) -> str:
   """Writes the HF folder `output` for a recjax checkpoint; returns its path."""
-  from recjax.data.prepared import atomic_directory  # pylint: disable=g-import-not-at-top
-  if dtype not in DTYPES:
-    raise ValueError(f'--dtype={dtype!r}: expected one of {DTYPES}')
+  if dtype not in hf.EXPORT_DTYPES:
+    raise ValueError(f'--dtype={dtype!r}: expected one of '
+                     f'{list(hf.EXPORT_DTYPES)}')
   params = restore_params(checkpoint, config)
   if lora_lib.has_lora(params):
     if not merge_lora:
@@ -204,33 +134,21 @@ def export_checkpoint(config, checkpoint: str, output: str, *,
           f'{checkpoint} holds LoRA adapters ({lora_lib.lora_param_count(params):,}'
           ' parameters), which Hugging Face formats cannot hold: pass '
           '--merge_lora to fold them into the kernels')
-    lora_lib.check_targets(params, config.lora)
     params = lora_lib.merge_lora(params, config.lora)
-  base_config = config
   if getattr(config, 'lora', None) is not None:
-    base_config = dataclasses.replace(config, lora=None)
-  with atomic_directory(output, overwrite=overwrite) as tmp:
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private
-    if _is_t5(base_config):
-      if model_type not in (None, 't5'):
-        raise ValueError(f'model_type={model_type!r} for a T5 config')
-      save_hf_t5_checkpoint(params, base_config, str(tmp), dtype=dtype)
-    else:
-      from recjax.checkpoints import hf_decoder  # pylint: disable=g-import-not-at-top
-      sub = os.path.join(str(tmp), 'hf')  # it refuses an existing dir
-      hf_decoder.save_hf_decoder_checkpoint(params, base_config, sub,
-                                            model_type=model_type, dtype=dtype)
-      for name in os.listdir(sub):
-        os.replace(os.path.join(sub, name), os.path.join(str(tmp), name))
-      os.rmdir(sub)
-  return output
+    config = dataclasses.replace(config, lora=None)
+  if _is_t5(config):
+    return hf.save_hf_dir(output, hf_t5_config(config, dtype),
+                          t5_params_to_hf(params, config, dtype),
+                          overwrite=overwrite)
+  return hf_decoder.save_hf_decoder_checkpoint(params, config, output,
+                                               dtype=dtype, overwrite=overwrite)
 
 
 def run_export(gin_files: Sequence[str], gin_bindings: Sequence[str],
                gin_search_paths: Sequence[str], *, checkpoint: str,
                output: str, merge_lora: bool = False, dtype: str = 'float32',
-               overwrite: bool = False,
-               model_type: Optional[str] = None) -> str:
+               overwrite: bool = False) -> str:
   """`recjax export`: the model config from gin (MODEL_CONFIG, LORA), then
   `export_checkpoint`."""
   import gin  # pylint: disable=g-import-not-at-top
@@ -252,5 +170,4 @@ def run_export(gin_files: Sequence[str], gin_bindings: Sequence[str],
   print(f'[recjax] exporting {checkpoint} -> {output}'
         f'{" (LoRA merged)" if merge_lora else ""}', file=sys.stderr)
   return export_checkpoint(config, checkpoint, output, merge_lora=merge_lora,
-                           dtype=dtype, overwrite=overwrite,
-                           model_type=model_type)
+                           dtype=dtype, overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""Hugging Face T5 / FLAN-T5 safetensors folders -> recjax (T5X-named) params.
+"""Hugging Face T5 / FLAN-T5 safetensors folders <-> recjax (T5X-named) params.
 
 The mapping is an explicit name table (`hf_name_table`); every HF tensor must
 map to one recjax path (or be a known alias of `shared.weight`), so a renamed
@@ -14,6 +14,10 @@ Logits: T5.1.1 / FLAN-T5 (`tie_word_embeddings: false`) have an untied
 `shared` and multiplies the decoder output by d_model**-0.5 first; that is
 exactly T5X's `logits_via_embedding=True`, which `t5_config_from_hf` selects
 (pass `untie=True` to `hf_to_params` to get a scaled `logits_dense` instead).
+
+The safetensors reader / writer, `map_tensors` / `table_to_hf` (a name table
+applied either way) and `save_hf_dir` serve the decoder-only importer
+(`hf_decoder`) and `recjax export` too.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import dataclasses
 import json
 import os
 import struct
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import ml_dtypes
 import numpy as np
@@ -33,6 +37,8 @@ _ST_DTYPES = {
     'BF16': ml_dtypes.bfloat16, 'I64': np.int64, 'I32': np.int32,
     'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_,
 }
+
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 
 _ACTIVATIONS = {
     # HF `feed_forward_proj` -> T5X mlp_activations. HF's gated-gelu runs
@@ -77,6 +83,32 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   return out
 
 
+def write_safetensors(tensors: Mapping[str, np.ndarray], path: str,
+                      metadata: Optional[Mapping[str, str]] = None) -> None:
+  """Writes one .safetensors file (`read_safetensors`' format, any of its
+  dtypes), tensors in name order, data 8-byte aligned."""
+  header: dict[str, Any] = {'__metadata__': dict(metadata or {'format': 'pt'})}
+  offset, arrays = 0, []
+  for name in sorted(tensors):
+    arr = np.ascontiguousarray(tensors[name])
+    arr = arr.astype(arr.dtype.newbyteorder('<'), copy=False)
+    st_dtype = _ST_NAMES.get(arr.dtype.newbyteorder('='))
+    if st_dtype is None:
+      raise ValueError(f'{path}: tensor {name!r} has unsupported dtype '
+                       f'{arr.dtype}')
+    header[name] = {'dtype': st_dtype, 'shape': list(arr.shape),
+                    'data_offsets': [offset, offset + arr.nbytes]}
+    offset += arr.nbytes
+    arrays.append(arr)
+  raw = json.dumps(header, separators=(',', ':')).encode()
+  raw += b' ' * (-len(raw) % 8)
+  with open(path, 'wb') as f:
+    f.write(struct.pack('<Q', len(raw)))
+    f.write(raw)
+    for arr in arrays:
+      f.write(arr.tobytes())
+
+
 def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
   """All tensors of an HF snapshot dir: single file or index-json shards."""
   index = os.path.join(path, 'model.safetensors.index.json')
@@ -107,7 +139,8 @@ def read_safetensors_dir(path: str) -> dict[str, np.ndarray]:
   return tensors
 
 
-def _read_hf_config(path_or_dict) -> dict:
+def read_hf_config(path_or_dict) -> dict:
+  """A HF `config.json` as a dict, from its dir, its file or a dict."""
   if isinstance(path_or_dict, Mapping):
     return dict(path_or_dict)
   path = path_or_dict
@@ -126,7 +159,7 @@ def _logits_scaled(hf: Mapping[str, Any]) -> bool:
 
 def t5_config_from_hf(path_or_config, **overrides) -> t5_lib.T5Config:
   """HF `config.json` (dir, file or dict) -> T5Config (float32 unless overridden)."""
-  hf = _read_hf_config(path_or_config)
+  hf = read_hf_config(path_or_config)
   if hf.get('model_type', 't5') not in ('t5', 'mt5'):
     raise ValueError(f'config.json model_type={hf.get("model_type")!r}: only '
                      't5/mt5 encoder-decoders are supported')
@@ -204,6 +237,41 @@ def hf_name_table(config: t5_lib.T5Config) -> dict[str, tuple[str, bool]]:
   return t
 
 
+def map_tensors(tensors: Mapping[str, np.ndarray],
+                table: Mapping[str, tuple[str, bool]], *,
+                skip: Callable[[str], bool] = lambda name: False,
+                copies: Optional[Mapping[str, tuple[str, str]]] = None
+                ) -> tuple[dict[str, np.ndarray], list[str]]:
+  """Applies a name table: ({recjax path: float32 array}, unmapped HF names).
+
+  Shared by the T5 and decoder-only importers. `skip(name)`: tensors to
+  ignore (aliases, buffers). `copies`: {HF name: (HF name of the tensor it
+  may duplicate, why it is unexpected otherwise)} for names outside `table`;
+  an exact copy (a tied checkpoint that also wrote the shared matrix) is
+  dropped, anything else is reported as `name (why)`.
+  """
+  copies = copies or {}
+  out, unknown = {}, []
+  for name, arr in tensors.items():
+    if skip(name):
+      continue
+    if name not in table:
+      if name not in copies:
+        unknown.append(name)
+        continue
+      original, why = copies[name]
+      if original in tensors and np.array_equal(
+          np.asarray(arr, np.float32), np.asarray(tensors[original],
+                                                  np.float32)):
+        continue
+      unknown.append(f'{name} ({why})')
+      continue
+    path, transpose = table[name]
+    arr = np.asarray(arr, dtype=np.float32)
+    out[path] = np.ascontiguousarray(arr.T) if transpose else arr
+  return out, unknown
+
+
 # Tensors that HF may write as copies of `shared.weight`.
 _SHARED_ALIASES = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
 
@@ -218,25 +286,11 @@ def hf_to_params(tensors: Mapping[str, np.ndarray],
   model can run with logits_via_embedding=False (then fine-tune untied).
   strict: unknown HF tensors are an error (listed); else they are ignored.
   """
-  table = hf_name_table(config)
-  out: dict[str, np.ndarray] = {}
-  unknown = []
-  for name, arr in tensors.items():
-    if name in _SHARED_ALIASES:
-      continue
-    if name == 'lm_head.weight' and 'lm_head.weight' not in table:
-      shared = tensors.get('shared.weight')
-      if shared is not None and np.array_equal(arr, shared):
-        continue  # the tied copy
-      unknown.append(f'{name} (config has logits_via_embedding=True, but '
-                     'lm_head differs from shared.weight)')
-      continue
-    if name not in table:
-      unknown.append(name)
-      continue
-    path, transpose = table[name]
-    arr = np.asarray(arr, dtype=np.float32)
-    out[path] = np.ascontiguousarray(arr.T) if transpose else arr
+  out, unknown = map_tensors(
+      tensors, hf_name_table(config), skip=_SHARED_ALIASES.__contains__,
+      copies={'lm_head.weight': (
+          'shared.weight', 'config has logits_via_embedding=True, but '
+          'lm_head differs from shared.weight')})
   if (not config.logits_via_embedding and
       'decoder/logits_dense/kernel' not in out and 'shared.weight' in tensors):
     # Tied HF model loaded untied (untie=True, or a config that says so).
@@ -262,7 +316,7 @@ def load_hf_params(path: str, config: Optional[t5_lib.T5Config] = None, *,
   """
   hf_config = None
   if os.path.exists(os.path.join(path, 'config.json')):
-    hf_config = _read_hf_config(path)
+    hf_config = read_hf_config(path)
   if config is None:
     if hf_config is None:
       raise FileNotFoundError(f'{path}: no config.json; pass config=')
@@ -274,6 +328,40 @@ def load_hf_params(path: str, config: Optional[t5_lib.T5Config] = None, *,
                       strict=strict)
 
 
+# ----------------------------------------------------------------------------
+# Export (recjax params -> a folder transformers loads).
+# ----------------------------------------------------------------------------
+EXPORT_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
+
+
+def table_to_hf(flat: Mapping[str, Any], table: Mapping[str, tuple[str, bool]],
+                dtype: str = 'float32') -> dict[str, np.ndarray]:
+  """`map_tensors` inverted: flat recjax params -> {HF name: `dtype` array}."""
+  if dtype not in EXPORT_DTYPES:
+    raise ValueError(f'dtype={dtype!r}: expected one of {list(EXPORT_DTYPES)}')
+  out = {}
+  for name, (path, transpose) in table.items():
+    arr = np.asarray(flat[path], np.float32)
+    out[name] = np.ascontiguousarray(arr.T if transpose else arr).astype(
+        EXPORT_DTYPES[dtype])
+  return out
+
+
+def save_hf_dir(out_dir: str, hf_config: Mapping[str, Any],
+                tensors: Mapping[str, np.ndarray], *,
+                overwrite: bool = False) -> str:
+  """Writes `out_dir`/{config.json, model.safetensors}, atomically (a
+  temporary sibling renamed when complete); an existing `out_dir` is an
+  error unless `overwrite`."""
+  from recjax.data.prepared import atomic_directory  # pylint: disable=g-import-not-at-top
+  with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private
+    with open(os.path.join(tmp, 'config.json'), 'w') as f:
+      json.dump(dict(hf_config), f, indent=2, sort_keys=True)
+    write_safetensors(tensors, os.path.join(tmp, 'model.safetensors'))
+  return out_dir
+
+
 def is_hf_dir(path: str) -> bool:
   if not os.path.isdir(path):
     return False
@@ -282,5 +370,7 @@ def is_hf_dir(path: str) -> bool:
       'model.safetensors.index.json' in names)
 
 
-__all__ = ['read_safetensors', 'read_safetensors_dir', 't5_config_from_hf',
-           'hf_name_table', 'hf_to_params', 'load_hf_params', 'is_hf_dir']
+__all__ = ['read_safetensors', 'read_safetensors_dir', 'write_safetensors',
+           'read_hf_config', 't5_config_from_hf', 'hf_name_table',
+           'map_tensors', 'hf_to_params', 'load_hf_params', 'table_to_hf',
+           'save_hf_dir', 'is_hf_dir']

@@ -21,29 +21,21 @@ import and back on export.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
-import struct
-import tempfile
 from typing import Any, Mapping, Optional
 
-import ml_dtypes
 import numpy as np
 
 from recjax import checkpoints
 from recjax.checkpoints import hf
 from recjax.models import decoder_only
+from recjax.models import lora
 
 MODEL_TYPES = ('llama', 'qwen2', 'mistral')
 _ARCHITECTURES = {'llama': 'LlamaForCausalLM', 'qwen2': 'Qwen2ForCausalLM'}
 _IGNORED_SUFFIXES = ('.rotary_emb.inv_freq',)  # old checkpoints' buffers
-
-
-def read_hf_config(path_or_dict) -> dict:
-  return hf._read_hf_config(path_or_dict)  # pylint: disable=protected-access
 
 
 def is_decoder_config(hf_config: Mapping[str, Any]) -> bool:
@@ -91,7 +83,7 @@ def decoder_config_from_hf(path_or_dict,
 
   float32 activations by default (exact parity); `overrides` win.
   """
-  h = read_hf_config(path_or_dict)
+  h = hf.read_hf_config(path_or_dict)
   _check_supported(h)
   kwargs = dict(
       vocab_size=h['vocab_size'],
@@ -123,8 +115,7 @@ def check_config_matches(hf_config: Mapping[str, Any],
   One ValueError naming every mismatch as `field: checkpoint X, model gin Y`
   (HF field names).
   """
-  _check_supported(hf_config)
-  ckpt = decoder_config_from_hf(hf_config)
+  ckpt = decoder_config_from_hf(hf_config)  # refuses unsupported options
   fields = [  # (HF name, recjax name, comparator)
       ('vocab_size', 'vocab_size', None),
       ('hidden_size', 'emb_dim', None),
@@ -175,15 +166,19 @@ def hf_name_table(
   return t
 
 
-def _swap_rows(arr: np.ndarray, p: Optional[int], axis: int) -> np.ndarray:
-  if not p:
-    return arr
-  arr = np.array(arr, copy=True)
-  idx = [slice(None)] * arr.ndim
-  a, b = list(idx), list(idx)
-  a[axis], b[axis] = 0, p
-  arr[tuple(a)], arr[tuple(b)] = arr[tuple(b)].copy(), arr[tuple(a)].copy()
-  return arr
+# recjax paths with a vocabulary axis (the rows `pad_swap_id` exchanges).
+_VOCAB_AXIS = {'token_embedder/embedding': 0, 'decoder/logits_dense/kernel': 1}
+
+
+def _swap_pad_rows(flat: Mapping[str, Any], p: Optional[int]) -> dict:
+  """Rows 0 and p of every vocabulary axis exchanged (its own inverse)."""
+  flat = dict(flat)
+  for path, axis in _VOCAB_AXIS.items():
+    if p and path in flat:
+      perm = np.arange(flat[path].shape[axis])
+      perm[[0, p]] = perm[[p, 0]]
+      flat[path] = np.take(np.asarray(flat[path]), perm, axis=axis)
+  return flat
 
 
 def hf_to_params(tensors: Mapping[str, np.ndarray],
@@ -196,32 +191,13 @@ def hf_to_params(tensors: Mapping[str, np.ndarray],
   unknown tensors with a warning and allows missing ones (partial load);
   wrong shapes are always errors.
   """
-  table = hf_name_table(config)
-  out, unknown = {}, []
-  for name, arr in tensors.items():
-    if name.endswith(_IGNORED_SUFFIXES):
-      continue
-    if name == 'lm_head.weight' and config.tie_word_embeddings:
-      emb = tensors.get('model.embed_tokens.weight')
-      if emb is not None and np.array_equal(np.asarray(arr, np.float32),
-                                            np.asarray(emb, np.float32)):
-        continue  # a tied checkpoint that also wrote the shared matrix
-      unknown.append(name + ' (untied lm_head, but the model gin ties '
-                     'embeddings)')
-      continue
-    if name not in table:
-      unknown.append(name)
-      continue
-    path, transpose = table[name]
-    arr = np.asarray(arr, dtype=np.float32)
-    out[path] = np.ascontiguousarray(arr.T) if transpose else arr
-  p = config.pad_swap_id
-  if 'token_embedder/embedding' in out:
-    out['token_embedder/embedding'] = _swap_rows(
-        out['token_embedder/embedding'], p, 0)
-  if 'decoder/logits_dense/kernel' in out:
-    out['decoder/logits_dense/kernel'] = _swap_rows(
-        out['decoder/logits_dense/kernel'], p, 1)
+  out, unknown = hf.map_tensors(
+      tensors, hf_name_table(config),
+      skip=lambda name: name.endswith(_IGNORED_SUFFIXES),
+      copies={'lm_head.weight': ('model.embed_tokens.weight',
+                                 'untied lm_head, but the model gin ties '
+                                 'embeddings')})
+  out = _swap_pad_rows(out, config.pad_swap_id)
   if unknown and not strict:
     logging.warning('ignoring %d Hugging Face tensors recjax does not map: %s',
                     len(unknown), ', '.join(sorted(unknown)))
@@ -247,7 +223,7 @@ def load_hf_decoder_params(path: str,
     if config is None:
       raise FileNotFoundError(f'{path}: no config.json; pass config=')
   else:
-    hf_config = read_hf_config(path)
+    hf_config = hf.read_hf_config(path)
     if config is None:
       config = decoder_config_from_hf(hf_config)
     else:
@@ -263,18 +239,11 @@ def load_hf_decoder_params(path: str,
 # Export.
 # ----------------------------------------------------------------------------
 def hf_config_dict(config: decoder_only.DecoderOnlyConfig,
-                   model_type: Optional[str] = None,
                    dtype: str = 'float32') -> dict:
-  """config.json for transformers' LlamaForCausalLM / Qwen2ForCausalLM."""
-  model_type = model_type or ('qwen2' if config.qkv_bias else 'llama')
-  if model_type not in _ARCHITECTURES:
-    raise ValueError(f'model_type={model_type!r}: export supports '
-                     f'{sorted(_ARCHITECTURES)}')
-  if model_type == 'llama' and config.qkv_bias:
-    raise ValueError('q/k/v biases without an o_proj bias cannot be written '
-                     "as a Llama checkpoint; use model_type='qwen2'")
-  if model_type == 'qwen2' and not config.qkv_bias:
-    raise ValueError("Qwen2 always has q/k/v biases; use model_type='llama'")
+  """config.json for transformers: Qwen2ForCausalLM when the config has q/k/v
+  biases (Llama's `attention_bias` would add one on o_proj too), else
+  LlamaForCausalLM."""
+  model_type = 'qwen2' if config.qkv_bias else 'llama'
   d = {
       'architectures': [_ARCHITECTURES[model_type]],
       'model_type': model_type,
@@ -304,85 +273,34 @@ def hf_config_dict(config: decoder_only.DecoderOnlyConfig,
   return d
 
 
-_NP_TO_ST = {np.dtype(np.float32): 'F32',
-             np.dtype(ml_dtypes.bfloat16): 'BF16'}
-
-
-def write_safetensors(tensors: Mapping[str, np.ndarray], path: str,
-                      metadata: Optional[Mapping[str, str]] = None) -> None:
-  """Writes a .safetensors file (8-byte header length, JSON header, data)."""
-  header: dict[str, Any] = {'__metadata__': dict(metadata or {'format': 'pt'})}
-  offset, blobs = 0, []
-  for name in sorted(tensors):
-    arr = np.ascontiguousarray(tensors[name])
-    data = arr.astype(arr.dtype.newbyteorder('<')).tobytes()
-    header[name] = {'dtype': _NP_TO_ST[arr.dtype], 'shape': list(arr.shape),
-                    'data_offsets': [offset, offset + len(data)]}
-    offset += len(data)
-    blobs.append(data)
-  raw = json.dumps(header, separators=(',', ':')).encode()
-  raw += b' ' * (-len(raw) % 8)  # data starts 8-byte aligned
-  with open(path, 'wb') as f:
-    f.write(struct.pack('<Q', len(raw)))
-    f.write(raw)
-    for data in blobs:
-      f.write(data)
-
-
 def params_to_hf(params: Any, config: decoder_only.DecoderOnlyConfig,
                  dtype: str = 'float32') -> dict[str, np.ndarray]:
   """Nested or flat recjax params -> HF tensors (inverse of hf_to_params)."""
-  if dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f"dtype={dtype!r}: expected 'float32' or 'bfloat16'")
-  np_dtype = np.float32 if dtype == 'float32' else ml_dtypes.bfloat16
   flat = checkpoints.flatten_params(params)
-  leftovers = sorted(k for k in flat if '/lora_' in k or k.startswith('lora_'))
+  leftovers = sorted(k for k in flat if lora.is_lora_path(k))
   if leftovers:
     raise ValueError('params still hold LoRA adapters (merge them first): ' +
                      ', '.join(leftovers))
   checkpoints.check_params(flat, decoder_only.param_shapes(config))
-  out = {}
-  for name, (path, transpose) in hf_name_table(config).items():
-    arr = np.asarray(flat[path], np.float32)
-    if path == 'token_embedder/embedding':
-      arr = _swap_rows(arr, config.pad_swap_id, 0)
-    elif path == 'decoder/logits_dense/kernel':
-      arr = _swap_rows(arr, config.pad_swap_id, 1)
-    arr = arr.T if transpose else arr
-    out[name] = np.ascontiguousarray(arr).astype(np_dtype)
-  return out
+  return hf.table_to_hf(_swap_pad_rows(flat, config.pad_swap_id),
+                        hf_name_table(config), dtype)
 
 
 def save_hf_decoder_checkpoint(params: Any,
                                config: decoder_only.DecoderOnlyConfig,
-                               out_dir: str, *,
-                               model_type: Optional[str] = None,
-                               dtype: str = 'float32') -> str:
+                               out_dir: str, *, dtype: str = 'float32',
+                               overwrite: bool = False) -> str:
   """Writes `out_dir`/{config.json, model.safetensors} for transformers.
 
-  model_type: 'llama' | 'qwen2'; None -> 'qwen2' iff config.qkv_bias. Written
-  to a temporary dir beside `out_dir` and renamed at the end, so a crash
-  never leaves a half-written checkpoint; an existing `out_dir` is an error.
+  Written to a temporary dir beside `out_dir` and renamed at the end, so a
+  crash never leaves a half-written checkpoint; an existing `out_dir` is an
+  error unless `overwrite`.
   """
-  if os.path.exists(out_dir):
-    raise FileExistsError(f'{out_dir} already exists')
-  hf_cfg = hf_config_dict(config, model_type, dtype)
-  tensors = params_to_hf(params, config, dtype)
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix='.tmp_hf_export_', dir=parent)
-  try:
-    with open(os.path.join(tmp, 'config.json'), 'w') as f:
-      json.dump(hf_cfg, f, indent=2, sort_keys=True)
-    write_safetensors(tensors, os.path.join(tmp, 'model.safetensors'))
-    os.chmod(tmp, 0o755)
-    os.rename(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out_dir
+  return hf.save_hf_dir(out_dir, hf_config_dict(config, dtype),
+                        params_to_hf(params, config, dtype),
+                        overwrite=overwrite)
 
 
 __all__ = ['decoder_config_from_hf', 'check_config_matches', 'hf_name_table',
            'hf_to_params', 'load_hf_decoder_params', 'params_to_hf',
-           'save_hf_decoder_checkpoint', 'write_safetensors', 'MODEL_TYPES']
+           'save_hf_decoder_checkpoint', 'MODEL_TYPES']

@@ -216,8 +216,7 @@ def make_mask(segments: Array, packed: bool,
 # ----------------------------------------------------------------------------
 # Layers.
 # ----------------------------------------------------------------------------
-def _dtypes(cfg: DecoderOnlyConfig):
-  return jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+_dtypes = t5._dtypes  # pylint: disable=protected-access
 
 
 class SelfAttention(nn.Module):
@@ -451,16 +450,8 @@ class DecoderOnlyTransformer(nn.Module):
                        f'shape {tokens.shape}')
     if prefill and not decode:
       raise ValueError('prefill=True needs decode=True')
-    x = self.token_embedder(tokens.astype(jnp.int32))
-    if input_embeddings is not None:
-      if input_embeddings.shape != x.shape:
-        raise ValueError(f'input_embeddings shape {input_embeddings.shape} != '
-                         f'token embeddings shape {x.shape}')
-      if embedding_mask is None:
-        embedding_mask = jnp.ones(x.shape[:-1], dtype=bool)
-      x = jnp.where(embedding_mask.astype(bool)[..., None],
-                    input_embeddings.astype(x.dtype), x)
-      x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = t5.splice_embeddings(self.token_embedder(tokens.astype(jnp.int32)),
+                             input_embeddings, embedding_mask)
     segments = key_segments(tokens, targets, segment_ids)
     mask = make_mask(segments, segment_ids is not None, causal_attention)
     if positions is not None:

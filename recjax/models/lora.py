@@ -30,6 +30,7 @@ import threading
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
+from flax import traverse_util
 import gin
 import jax
 from jax import lax
@@ -38,10 +39,10 @@ import numpy as np
 
 LORA_A = 'lora_a'
 LORA_B = 'lora_b'
+LORA_PARAM_PATTERN = r'/lora_[ab]$'
 # Frozen-parameter regexes (trainer `frozen_patterns`): everything that is not
 # an adapter matrix.
-FROZEN_BASE_PATTERNS = (r'^(?!.*/lora_[ab]$)',)
-LORA_PARAM_PATTERN = r'/lora_[ab]$'
+FROZEN_BASE_PATTERNS = (rf'^(?!.*{LORA_PARAM_PATTERN})',)
 # PEFT: kaiming_uniform_(a=sqrt(5)) -> bound 1/sqrt(fan_in).
 lora_a_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
@@ -80,11 +81,6 @@ class LoraConfig:
   @property
   def scale(self) -> float:
     return float(self.alpha) / float(self.rank)
-
-
-def matches(config: LoraConfig, module_path: str) -> bool:
-  """Whether the dense layer at '/'-joined `module_path` gets an adapter."""
-  return any(re.search(t, module_path) for t in config.targets)
 
 
 # ------------------------------------------------------------- the adapter
@@ -200,26 +196,13 @@ def intercept(config: Optional[LoraConfig], deterministic: bool = True):
 
 
 # ------------------------------------------------------------- param trees
-def _flatten(tree: Any, prefix: str = '') -> dict:
-  tree = nn.meta.unbox(tree)
-  out = {}
-  if isinstance(tree, Mapping):
-    for k, v in tree.items():
-      out.update(_flatten(v, f'{prefix}/{k}' if prefix else str(k)))
-  else:
-    out[prefix] = tree
-  return out
+def _flatten(tree: Any) -> dict:
+  """{'a/b/kernel': leaf} of a (boxed) nested params dict."""
+  return traverse_util.flatten_dict(nn.meta.unbox(tree), sep='/')
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict:
-  out: dict = {}
-  for key, value in flat.items():
-    node = out
-    parts = key.split('/')
-    for p in parts[:-1]:
-      node = node.setdefault(p, {})
-    node[parts[-1]] = value
-  return out
+  return traverse_util.unflatten_dict(dict(flat), sep='/')
 
 
 def is_lora_path(path: str) -> bool:
@@ -253,23 +236,6 @@ def merge_trees(base: Any, adapters: Any) -> dict:
       raise ValueError(f'merge_trees: {k} is in both trees')
     flat[k] = v
   return _unflatten(flat)
-
-
-def check_targets(params: Any, config: Optional[LoraConfig]) -> None:
-  """Raises if a target of `config` matched no dense layer of `params`.
-
-  For trees made elsewhere (checkpoints, abstract init): every target must
-  have put an adapter on at least one kernel.
-  """
-  if config is None:
-    return
-  flat = _flatten(params)
-  adapted = [k.rsplit('/', 1)[0] for k in flat if k.endswith('/' + LORA_A)]
-  unmatched = [t for t in config.targets
-               if not any(re.search(t, p) for p in adapted)]
-  if unmatched:
-    kernels = [k.rsplit('/', 1)[0] for k in flat if k.endswith('/kernel')]
-    raise _no_match_error(config, unmatched, kernels)
 
 
 def merge_lora(params: Any, config: LoraConfig) -> dict:

@@ -490,6 +490,22 @@ def _maybe_remat(cls, cfg: T5Config, static_argnums: tuple):
                   static_argnums=static_argnums)
 
 
+def splice_embeddings(x: Array, input_embeddings: Optional[Array],
+                      embedding_mask: Optional[Array]) -> Array:
+  """Token embeddings x [B, L, E] with `input_embeddings` where the mask is
+  set (all positions when None): the soft-token entry of ILM / RSLLM."""
+  if input_embeddings is None:
+    return x
+  if input_embeddings.shape != x.shape:
+    raise ValueError(f'input_embeddings shape {input_embeddings.shape} != '
+                     f'token embeddings shape {x.shape}')
+  if embedding_mask is None:
+    embedding_mask = jnp.ones(x.shape[:-1], dtype=bool)
+  x = jnp.where(embedding_mask.astype(bool)[..., None],
+                input_embeddings.astype(x.dtype), x)
+  return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
 
@@ -586,15 +602,7 @@ class Encoder(nn.Module):
     encoder_bias = rel_emb(length, length, True)
 
     x = self.shared_embedding(encoder_input_tokens.astype('int32'))
-    if input_embeddings is not None:
-      if input_embeddings.shape != x.shape:
-        raise ValueError(f'input_embeddings shape {input_embeddings.shape} != '
-                         f'token embeddings shape {x.shape}')
-      if embedding_mask is None:
-        embedding_mask = jnp.ones(x.shape[:-1], dtype=bool)
-      x = jnp.where(embedding_mask.astype(bool)[..., None],
-                    input_embeddings.astype(x.dtype), x)
-      x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    x = splice_embeddings(x, input_embeddings, embedding_mask)
     x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         x, deterministic=deterministic)
     x = x.astype(dtype)

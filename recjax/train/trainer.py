@@ -500,7 +500,6 @@ def train(*,
   learning_rate_fn = learning_rate_fn or optimizers.constant()
   random_seed = 0 if random_seed is None else int(random_seed)
   model = check_vocab_size(model, mixture_or_task_name, auto_vocab_size)
-  lora_cfg = lora_config(model)
   frozen_patterns = training_frozen_patterns(model, frozen_patterns)
 
   converter = model.feature_converter_cls(pack=pack)
@@ -521,7 +520,6 @@ def train(*,
                                       params=params)
 
   setup = setup_state(model, partitioner, optimizer_fn, input_shapes, init_rng)
-  lora_lib.check_targets(setup.abstract_state.params, lora_cfg)
   _log_trainable(setup.abstract_state.params, frozen_patterns)
   ckpt = checkpointing.Checkpointer(model_dir, keep=keep_checkpoints)
   latest = ckpt.latest_step()
