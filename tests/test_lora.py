@@ -213,31 +213,12 @@ def _train_job(model, model_dir, steps, **kwargs):
 
 
 def _train(mesh_shape, steps=3, cfg=CFG):
-  devices = jax.devices()[:int(np.prod(mesh_shape))]
-  part = partitioning.Partitioner(mesh_shape=mesh_shape, devices=devices)
   model = model_api.EncoderDecoderModel(
       t5.Transformer(cfg), test_utils.BYTE_VOCAB, test_utils.BYTE_VOCAB)
-  frozen = lora.FROZEN_BASE_PATTERNS
-  opt = lambda params: optimizers.build_optimizer(
-      _adam(), frozen_patterns=frozen, params=params)
-  setup = trainer.setup_state(model, part, opt, _input_shapes(),
-                              jax.random.PRNGKey(0))
-  state = trainer.init_state(model, setup, part, _input_shapes(),
-                             jax.random.PRNGKey(0))
-  init = jax.device_get(state.params)
-  batches = _host_batches()
-  shardings = {k: part.data_sharding() for k in batches[0]}
-  step = part.partition(
-      trainer.make_train_step(model, setup.tx, None, part.data_sharding(),
-                              frozen_patterns=frozen),
-      in_shardings=(setup.state_shardings, shardings, part.replicated()),
-      out_shardings=(setup.state_shardings, part.replicated()),
-      donate_argnums=(0,))
-  losses = []
-  for b in batches[:steps]:
-    state, m = step(state, part.shard_batch(b), jax.random.PRNGKey(1))
-    losses.append(float(m['loss']))
-  return losses, init, jax.device_get(state)
+  metrics, state, init = test_utils.run_train_steps(
+      model, mesh_shape, _adam, _host_batches()[:steps], _input_shapes(),
+      frozen_patterns=lora.FROZEN_BASE_PATTERNS)
+  return [m['loss'] for m in metrics], init, jax.device_get(state)
 
 
 @functools.lru_cache(maxsize=None)

@@ -43,30 +43,12 @@ class Run(NamedTuple):
 
 
 def _run(mesh_shape, tx_fn, num_microbatches=None, steps=2, frozen=()) -> Run:
-  devices = jax.devices()[:int(np.prod(mesh_shape))]
-  part = partitioning.Partitioner(mesh_shape=mesh_shape, devices=devices)
-  model = test_utils.tiny_model()
-  opt = lambda params: optimizers.build_optimizer(
-      tx_fn(), frozen_patterns=frozen, params=params)
-  setup = trainer.setup_state(model, part, opt, _input_shapes(),
-                              jax.random.PRNGKey(0))
-  state = trainer.init_state(model, setup, part, _input_shapes(),
-                             jax.random.PRNGKey(0))
-  init_params = jax.device_get(state.params)
-  batches = _host_batches()
-  shardings = {k: part.data_sharding() for k in batches[0]}
-  step = part.partition(
-      trainer.make_train_step(model, setup.tx, num_microbatches,
-                              part.data_sharding()),
-      in_shardings=(setup.state_shardings, shardings, part.replicated()),
-      out_shardings=(setup.state_shardings, part.replicated()),
-      donate_argnums=(0,))
-  losses, grad_norms = [], []
-  for b in batches[:steps]:
-    state, m = step(state, part.shard_batch(b), jax.random.PRNGKey(1))
-    losses.append(float(m['loss']))
-    grad_norms.append(float(m['grad_norm']))
-  return Run(losses, grad_norms, state, init_params)
+  metrics, state, init_params = test_utils.run_train_steps(
+      test_utils.tiny_model(), mesh_shape, tx_fn, _host_batches()[:steps],
+      _input_shapes(), num_microbatches=num_microbatches,
+      frozen_patterns=frozen)
+  return Run([m['loss'] for m in metrics], [m['grad_norm'] for m in metrics],
+             state, init_params)
 
 
 def _adafactor():

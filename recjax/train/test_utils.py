@@ -90,6 +90,40 @@ def encdec_input_shapes(lengths) -> dict:
   return {k: (1, v) for k, v in model_lengths.items()}
 
 
+def run_train_steps(model, mesh_shape, tx_fn, batches, input_shapes, *,
+                    num_microbatches=None, frozen_patterns=()):
+  """Runs the real train step on a (data, model) mesh over `batches`.
+
+  Returns (metrics per step as floats, final sharded TrainState, initial
+  params on the host): what the sharding, accumulation and freezing tests
+  compare between meshes.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from recjax.train import optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top,g-multiple-import
+  devices = jax.devices()[:int(np.prod(mesh_shape))]
+  part = partitioning.Partitioner(mesh_shape=mesh_shape, devices=devices)
+  opt = lambda params: optimizers.build_optimizer(
+      tx_fn(), frozen_patterns=frozen_patterns, params=params)
+  setup = trainer.setup_state(model, part, opt, input_shapes,
+                              jax.random.PRNGKey(0))
+  state = trainer.init_state(model, setup, part, input_shapes,
+                             jax.random.PRNGKey(0))
+  init_params = jax.device_get(state.params)
+  shardings = {k: part.data_sharding() for k in batches[0]}
+  step = part.partition(
+      trainer.make_train_step(model, setup.tx, num_microbatches,
+                              part.data_sharding(),
+                              frozen_patterns=frozen_patterns),
+      in_shardings=(setup.state_shardings, shardings, part.replicated()),
+      out_shardings=(setup.state_shardings, part.replicated()),
+      donate_argnums=(0,))
+  metrics = []
+  for b in batches:
+    state, m = step(state, part.shard_batch(b), jax.random.PRNGKey(1))
+    metrics.append({k: float(v) for k, v in m.items()})
+  return metrics, state, init_params
+
+
 def _dense(features, axes, name):
   return nn.DenseGeneral(
       features, use_bias=False, name=name,
