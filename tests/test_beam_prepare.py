@@ -43,8 +43,8 @@ def test_every_shard_and_the_manifest_equal_the_single_process_path(written):
   files = _files(single)
   assert _files(beamed) == files
   shards = [f for f in files if ".tfrecord-" in f]
-  # 5 user tasks x their splits + 2 item tasks x 2 splits, 3 shards each.
-  assert len(shards) == (3 + 3 + 3 + 2 + 2 + 2 + 2) * 3
+  # 6 user tasks x their splits + 2 item tasks x 2 splits, 3 shards each.
+  assert len(shards) == (3 + 3 + 3 + 2 + 2 + 2 + 2 + 3) * 3
   assert "vocab/spiece.model" in files
   differ = [f for f in files if f != "tasks/manifest.json" and
             not filecmp.cmp(single / f, beamed / f, shallow=False)]

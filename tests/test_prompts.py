@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from recjax.data import split as split_lib
-from recjax.prompts import (ALL_TASKS, AUX_TASKS, REC_TASKS, TASK_SPLITS, TASKS,
-                            PromptConfig, common, mim, mlm)
+from recjax.prompts import (ALL_TASKS, AUX_TASKS, CONVERSATION_TASKS, REC_TASKS,
+                            TASK_SPLITS, TASKS, PromptConfig, common, mim, mlm)
 from tiny_data import tiny_data
 
 ID_RE = re.compile(r"item_\d+")
@@ -30,7 +30,8 @@ def ids_of(data, text_ids):
 
 
 def test_registry():
-  assert set(TASKS) == set(ALL_TASKS) == set(REC_TASKS + AUX_TASKS)
+  assert set(TASKS) == set(ALL_TASKS) == set(REC_TASKS + AUX_TASKS +
+                                             CONVERSATION_TASKS)
   from recjax.prompts import TEMPLATES
   assert all(len(TEMPLATES[t]) >= 3 for t in ALL_TASKS)
 

@@ -36,6 +36,7 @@ import jax
 import numpy as np
 import seqio
 
+from recjax import slots
 from recjax.data import prepared as prepared_lib
 from recjax.data.prepared import atomic_write
 from recjax.infer import metrics as rec_metrics
@@ -57,8 +58,14 @@ _SEP = '\x1f'  # never in decoded text: one generation = one item
 
 # ------------------------------------------------------------------ tasks
 def task_kind(task_name: str) -> Optional[str]:
-  """'retrieval' | 'ranking' | 'rating' from `<dataset>_<kind>`, else None."""
+  """'retrieval' | 'ranking' | 'rating' from `<dataset>_<kind>`, else None.
+
+  `<dataset>_conversation` is 'retrieval': its target is an item decoded over
+  the whole catalogue, like retrieval's.
+  """
   kind = task_name.rsplit('_', 1)[-1]
+  if kind == 'conversation':
+    return 'retrieval'
   return kind if kind in REC_KINDS else None
 
 
@@ -198,9 +205,14 @@ def encode_batch(examples: Sequence[Mapping[str, Any]],
     tgt[r, :len(y)] = y
   dec_in = np.zeros_like(tgt)
   dec_in[:, 1:] = tgt[:, :-1]
-  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec_in,
-          'decoder_target_tokens': tgt,
-          'decoder_loss_weights': (tgt > 0).astype(np.int32)}
+  batch = {'encoder_input_tokens': enc, 'decoder_input_tokens': dec_in,
+           'decoder_target_tokens': tgt,
+           'decoder_loss_weights': (tgt > 0).astype(np.int32)}
+  if examples and slots.SLOT_FEATURE in examples[0]:  # prompts with slots
+    batch[slots.SLOT_FEATURE] = pad_rows(
+        [np.asarray(ex[slots.SLOT_FEATURE]) for ex in examples],
+        (batch_size, task_feature_lengths[slots.SLOT_FEATURE]))
+  return batch
 
 
 def pad_rows(token_lists: Sequence[np.ndarray], shape: tuple) -> np.ndarray:
@@ -303,6 +315,8 @@ class InferenceRunner:
               # zeros: no decoder prompt (T5X forces non-zero prompt tokens)
               'decoder_input_tokens': np.zeros_like(
                   batch['decoder_input_tokens'])}
+    if slots.SLOT_FEATURE in batch:
+      arrays[slots.SLOT_FEATURE] = batch[slots.SLOT_FEATURE]
     rng = jax.random.PRNGKey(0) if rng is None else rng
     constraint = None if trie is None else self.constraint(trie)
     tokens, scores = fn(params, self._host_slice(arrays), rng=rng,
@@ -318,13 +332,17 @@ class InferenceRunner:
     return np.asarray(jax.device_get(fn(params, self._host_slice(batch))))
 
   def score_candidates(self, params: PyTree, encoder_input_tokens: np.ndarray,
-                       candidate_targets: np.ndarray) -> np.ndarray:
+                       candidate_targets: np.ndarray,
+                       slot_items: Optional[np.ndarray] = None) -> np.ndarray:
     """Log-likelihood [B, C] of each row's candidate targets [B, C, T]."""
     fn = self._jit(('candidates',), lambda: functools.partial(
         predict_lib.score_candidates, self.model))
-    sharded = self._host_slice({'e': encoder_input_tokens,
-                                'c': candidate_targets})
-    return np.asarray(jax.device_get(fn(params, sharded['e'], sharded['c'])))
+    arrays = {'e': encoder_input_tokens, 'c': candidate_targets}
+    if slot_items is not None:
+      arrays['s'] = slot_items
+    sharded = self._host_slice(arrays)
+    return np.asarray(jax.device_get(fn(params, sharded['e'], sharded['c'],
+                                        sharded.get('s'))))
 
 
 _RUNNERS: dict[tuple, InferenceRunner] = {}
@@ -560,7 +578,8 @@ class InferenceEvaluator:
         cand_tokens[r, :len(c_list)] = pad_rows(
             [toks[cat.index[c]] for c in c_list], (len(c_list), t_len))
       scores = runner.score_candidates(params, batch['encoder_input_tokens'],
-                                       cand_tokens)
+                                       cand_tokens,
+                                       batch.get(slots.SLOT_FEATURE))
       greedy = self._greedy(runner, params, batch)
       for r, ex in enumerate(exs):
         s = np.asarray(scores[r, :len(cands[r])], np.float64)
@@ -605,7 +624,8 @@ class InferenceEvaluator:
       batch = encode_batch(exs, self.task_feature_lengths, runner.batch_size)
       greedy = self._greedy(runner, params, batch)
       scores = runner.score_candidates(params, batch['encoder_input_tokens'],
-                                       np.ascontiguousarray(cand))
+                                       np.ascontiguousarray(cand),
+                                       batch.get(slots.SLOT_FEATURE))
       expected = rec_metrics.expected_rating(scores[:len(exs)],
                                              self.rating_values)
       for r, ex in enumerate(exs):

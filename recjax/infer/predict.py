@@ -39,9 +39,26 @@ PyTree = Any
 DECODE_METHODS = ('beam', 'greedy', 'sample')
 
 
-def _encode(module, params, encoder_input_tokens):
-  return module.apply({'params': params}, encoder_input_tokens,
-                      enable_dropout=False, method='encode')
+def prompt_embeddings(model: Any, params: PyTree, tokens: Array,
+                      slot_items: Optional[Array]) -> Tuple[Array, dict]:
+  """(tokens for the LM, its soft-token kwargs) for prompt tokens.
+
+  A model with item slots (`recjax.train.slot_model.SlotModel`) fills the
+  slot positions of `tokens` from `slot_items` (the batch's 'slot_items');
+  any other model, or a batch without slots, passes the tokens through.
+  """
+  fill = getattr(model, 'input_embeddings', None)
+  if fill is None or slot_items is None:
+    return tokens, {}
+  tokens, embeddings, mask = fill(params, tokens, jnp.asarray(slot_items))
+  return tokens, {'input_embeddings': embeddings, 'embedding_mask': mask}
+
+
+def _encode(model, params, encoder_input_tokens, slot_items=None):
+  tokens, soft = prompt_embeddings(model, params, encoder_input_tokens,
+                                   slot_items)
+  return model.module.apply({'params': params}, tokens, enable_dropout=False,
+                            method='encode', **soft), tokens
 
 
 def predict_batch(model: Any, params: PyTree, batch: Mapping[str, Array], *,
@@ -55,8 +72,8 @@ def predict_batch(model: Any, params: PyTree, batch: Mapping[str, Array], *,
   Args:
     model: an EncoderDecoderModel or a DecoderOnlyModel.
     params: model parameters.
-    batch: needs the prompts, 'encoder_input_tokens' [B, L] (right-padded);
-      other keys are ignored.
+    batch: needs the prompts, 'encoder_input_tokens' [B, L] (right-padded),
+      and with item slots their 'slot_items' [B, S]; other keys are ignored.
     rng: PRNG key, needed for 'sample': one for the batch, or one per
       example (see `decoding.temperature_sample`).
     decode_method: 'beam' (num_decodes beams, scores length-penalised with
@@ -81,13 +98,14 @@ def predict_batch(model: Any, params: PyTree, batch: Mapping[str, Array], *,
     raise ValueError(f'Greedy decoding gives one output; got num_decodes='
                      f'{num_decodes}.')
   prompts = jnp.asarray(batch['encoder_input_tokens'])
+  slot_items = batch.get('slot_items')
   initial_logits = None
   if is_decoder_only(model):
     cache, tokens_to_logits, initial_logits = _decoder_only_prefill(
-        model, params, prompts, max_decode_length)
+        model, params, prompts, max_decode_length, slot_items)
   else:
     cache, tokens_to_logits = _encoder_decoder_start(
-        model, params, prompts, num_decodes, max_decode_length)
+        model, params, prompts, num_decodes, max_decode_length, slot_items)
   b = prompts.shape[0]
   eos_id = _eos_id(model)
   if decode_method == 'beam':
@@ -114,11 +132,11 @@ def is_decoder_only(model: Any) -> bool:
 
 
 def _encoder_decoder_start(model, params, enc_tokens, num_decodes,
-                           max_decode_length):
+                           max_decode_length, slot_items=None):
   """(zero cache, step fn) of an encoder-decoder model for these prompts."""
   module = model.module
   b = enc_tokens.shape[0]
-  encoded = _encode(module, params, enc_tokens)
+  encoded, enc_tokens = _encode(model, params, enc_tokens, slot_items)
   # The encoding is not part of the decoding cache: every decode of an example
   # shares it, so it is repeated once here and never reordered by beams.
   encoded_rep = jnp.repeat(encoded, num_decodes, axis=0)
@@ -158,7 +176,8 @@ def left_align(inputs: Array, start_id: int = 0
   return tokens.astype(jnp.int32), valid, positions
 
 
-def _decoder_only_prefill(model, params, inputs, max_decode_length):
+def _decoder_only_prefill(model, params, inputs, max_decode_length,
+                          slot_items=None):
   """(cache, step fn, first logits) of a decoder-only model after
   prefilling the prompts.
 
@@ -169,6 +188,7 @@ def _decoder_only_prefill(model, params, inputs, max_decode_length):
   """
   module = model.module
   tokens, valid, positions = left_align(inputs, model.bos_id)
+  tokens, soft = prompt_embeddings(model, params, tokens, slot_items)
   b, p = tokens.shape
   total = p + max_decode_length
   causal = valid if model.inputs_bidirectional_attention else None
@@ -186,7 +206,7 @@ def _decoder_only_prefill(model, params, inputs, max_decode_length):
   logits, state = apply({'params': params, 'cache': lm_cache}, tokens,
                         decoder_segment_ids=valid, decoder_positions=positions,
                         decoder_causal_attention=causal, prefill=True,
-                        max_decode_length=total, logits_from=p - 1)
+                        max_decode_length=total, logits_from=p - 1, **soft)
   cache = {'lm': state['cache'], 'next_position': positions[:, -1] + 1}
 
   def tokens_to_logits(tok, cache):
@@ -224,7 +244,8 @@ def score_batch(model: Any, params: PyTree, batch: Mapping[str, Array]
   targets = batch['decoder_target_tokens']
   if is_decoder_only(model):
     logits = _decoder_only_target_logits(
-        model, params, batch['encoder_input_tokens'], targets)
+        model, params, batch['encoder_input_tokens'], targets,
+        batch.get('slot_items'))
   else:
     logits = _encoder_decoder_logits(model, params, batch)
   if 'decoder_loss_weights' in batch:
@@ -234,12 +255,14 @@ def score_batch(model: Any, params: PyTree, batch: Mapping[str, Array]
   return _token_log_likelihood(logits, targets, weights)
 
 
-def _decoder_only_target_logits(model, params, inputs, targets):
+def _decoder_only_target_logits(model, params, inputs, targets,
+                                slot_items=None):
   """Logits [B, T, V] predicting `targets` [B, T] after the prompts [B, L]."""
   tokens, valid, positions = left_align(jnp.asarray(inputs), model.bos_id)
   targets = jnp.asarray(targets, jnp.int32)
   p, t = tokens.shape[1], targets.shape[1]
   seq = jnp.concatenate([tokens, targets[:, :-1]], axis=1)
+  seq, soft = prompt_embeddings(model, params, seq, slot_items)
   segments = jnp.concatenate(
       [valid, (targets[:, :-1] > 0).astype(jnp.int32)], axis=1)
   target_positions = positions[:, -1:] + 1 + jnp.arange(t - 1)[None, :]
@@ -250,23 +273,26 @@ def _decoder_only_target_logits(model, params, inputs, targets):
   return model.module.apply(
       {'params': params}, seq, decoder_segment_ids=segments,
       decoder_positions=seq_positions, decoder_causal_attention=causal,
-      enable_dropout=False, logits_from=p - 1)
+      enable_dropout=False, logits_from=p - 1, **soft)
 
 
 def _encoder_decoder_logits(model, params, batch):
   targets = batch['decoder_target_tokens']
+  tokens, soft = prompt_embeddings(model, params, batch['encoder_input_tokens'],
+                                   batch.get('slot_items'))
   return model.module.apply(
-      {'params': params}, batch['encoder_input_tokens'],
+      {'params': params}, tokens,
       batch['decoder_input_tokens'], targets,
       encoder_segment_ids=batch.get('encoder_segment_ids'),
       decoder_segment_ids=batch.get('decoder_segment_ids'),
       encoder_positions=batch.get('encoder_positions'),
       decoder_positions=batch.get('decoder_positions'),
-      enable_dropout=False)
+      enable_dropout=False, **soft)
 
 
 def score_candidates(model: Any, params: PyTree, encoder_input_tokens: Array,
-                     candidate_targets: Array) -> Array:
+                     candidate_targets: Array,
+                     slot_items: Optional[Array] = None) -> Array:
   """Log-likelihood [B, C] of C candidate targets per example.
 
   Encodes each example once and reuses the encoding for all its candidates
@@ -277,6 +303,7 @@ def score_candidates(model: Any, params: PyTree, encoder_input_tokens: Array,
     params: model parameters.
     encoder_input_tokens: [B, L].
     candidate_targets: [B, C, T], EOS included, zero padded.
+    slot_items: [B, S], the prompts' slotted items (models with item slots).
   """
   module = model.module
   b, c, t = candidate_targets.shape
@@ -287,12 +314,14 @@ def score_candidates(model: Any, params: PyTree, encoder_input_tokens: Array,
     # [B, prompt + T] forward whatever the number of candidates.
     def one_column(column):  # [B, T]
       logits = _decoder_only_target_logits(model, params,
-                                           encoder_input_tokens, column)
+                                           encoder_input_tokens, column,
+                                           slot_items)
       return _token_log_likelihood(logits, column,
                                    (column > 0).astype(jnp.float32))
     columns = jnp.swapaxes(candidate_targets.astype(jnp.int32), 0, 1)
     return jnp.swapaxes(jax.lax.map(one_column, columns), 0, 1)
-  encoded = _encode(module, params, encoder_input_tokens)
+  encoded, encoder_input_tokens = _encode(model, params, encoder_input_tokens,
+                                         slot_items)
   inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shift right, start 0
   logits = module.apply(
       {'params': params}, jnp.repeat(encoded, c, axis=0),

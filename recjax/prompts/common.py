@@ -19,12 +19,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from recjax import slots
 from recjax.data.prepared import PreparedData
 from recjax.data.split import MIN_LEN_FOR_EVAL, SPLITS, HeldOut, check_split
 
 ITEM_FORMATS = ("title", "id", "title_id")
 TASK_CODES = {"retrieval": 1, "ranking": 2, "rating": 3, "mim": 4, "mlm": 5,
-              "bpr": 6, "ie": 7}
+              "bpr": 6, "ie": 7, "conversation": 8, "item_text": 9}
 SPLIT_CODES = {s: i for i, s in enumerate(SPLITS)}
 Example = dict[str, Any]
 
@@ -59,6 +60,10 @@ class PromptConfig:
     ie_directions: 'both' (id->title and title->id per item) or 'random' (one
       of them per item).
     template: None draws a template per example; an int fixes it.
+    item_slots: soft-token slots for embedding methods (ILM, RSLLM; see
+      `recjax.slots`): 'none'; 'replace' (each item mention in an input is a
+      slot marker alone); 'append' (the mention as `item_format` says, then
+      the marker). Targets are unchanged; records gain `slot_items`.
   """
   item_format: str = "title_id"
   max_history: int = 20
@@ -76,6 +81,7 @@ class PromptConfig:
   mlm_random_roll: bool = True
   ie_directions: str = "both"
   template: int | None = None
+  item_slots: str = "none"
 
   def __post_init__(self):
     if self.item_format not in ITEM_FORMATS:
@@ -90,6 +96,9 @@ class PromptConfig:
       raise ValueError("mlm_noise_density must be in (0, 1)")
     if self.ie_directions not in ("both", "random"):
       raise ValueError("ie_directions must be 'both' or 'random'")
+    if self.item_slots not in slots.SLOT_MODES:
+      raise ValueError(f"item_slots {self.item_slots!r} not in "
+                       f"{slots.SLOT_MODES}")
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -152,6 +161,17 @@ def mention(item_id: str, title: str, item_format: str) -> str:
   return f'"{title}" ({item_id})'
 
 
+def slotted_mention(index: int, item_id: str, title: str, item_format: str,
+                    item_slots: str) -> str:
+  """`mention` with the item's soft-token slot marker, as `item_slots` says."""
+  if item_slots == "replace":
+    return slots.indexed_marker(index)
+  text = mention(item_id, title, item_format)
+  if item_slots == "append":
+    return f"{text} {slots.indexed_marker(index)}"
+  return text
+
+
 def target_text(item_id: str, title: str, item_format: str) -> str:
   """How an item appears as a target: the title for 'title', else the id."""
   if item_format == "title" and title:
@@ -178,7 +198,8 @@ class Context:
       lo = int(math.floor(float(np.nanmin(data.seq_ratings))))
       hi = int(math.ceil(float(np.nanmax(data.seq_ratings))))
     return cls(ids=ids, titles=titles,
-               mentions=[mention(i, t, fmt) for i, t in zip(ids, titles)],
+               mentions=[slotted_mention(n, i, t, fmt, config.item_slots)
+                         for n, (i, t) in enumerate(zip(ids, titles))],
                targets=[target_text(i, t, fmt) for i, t in zip(ids, titles)],
                rating_scale=(lo, hi))
 
@@ -234,9 +255,14 @@ def units(n: int, shard: tuple[int, int] | None) -> range:
 def example(inputs: str, targets: str, task: str, template_id: int, *,
             target_item: str = "", candidates: Sequence[str] = (),
             rating: float = float("nan")) -> Example:
-  return {"inputs": inputs, "targets": targets, "task": task,
-          "template_id": template_id, "target_item": target_item,
-          "candidates": list(candidates), "rating": float(rating)}
+  """One record; slot markers in `inputs` become the `slot_items` feature."""
+  inputs, slot_items = slots.strip_slot_indices(inputs)
+  ex = {"inputs": inputs, "targets": targets, "task": task,
+        "template_id": template_id, "target_item": target_item,
+        "candidates": list(candidates), "rating": float(rating)}
+  if slot_items:
+    ex[slots.SLOT_FEATURE] = slot_items
+  return ex
 
 
 def sample_negatives(rng: np.random.Generator, num_items: int,

@@ -42,7 +42,8 @@ from typing import Any, Iterable, Sequence
 
 from recjax.data.prepared import PreparedData
 from recjax.data.split import SPLITS
-from recjax.prompts import ALL_TASKS, TASK_SPLITS, TASKS, mlm
+from recjax.prompts import (ALL_TASKS, AUX_TASKS, REC_TASKS, TASK_SPLITS, TASKS,
+                            mlm)
 from recjax.prompts.common import PromptConfig
 
 MANIFEST_FORMAT = "recjax.tasks/1"
@@ -53,6 +54,7 @@ STRING_FEATURES = ("inputs", "targets", "task", "target_item")
 INT_FEATURES = ("template_id",)
 FLOAT_FEATURES = ("rating",)
 LIST_FEATURES = ("candidates",)
+INT_LIST_FEATURES = ("slot_items",)  # only in records with slots (recjax.slots)
 _EXAMPLES_PER_SHARD = 250_000
 
 
@@ -106,7 +108,7 @@ _BYTES_VALUES = _BytesValues()
 
 _KEY_PREFIX = {k: b"\n" + _ld(k.encode()) + b"\x12"
                for k in (STRING_FEATURES + INT_FEATURES + FLOAT_FEATURES +
-                         LIST_FEATURES)}
+                         LIST_FEATURES + INT_LIST_FEATURES)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,6 +122,12 @@ def _float_entry(key: str, value: float) -> bytes:
 
 
 _NAN_RATING = _float_entry("rating", math.nan)
+
+
+def _int_list_entry(key: str, values: Sequence[int]) -> bytes:
+  """entry{key, value=Feature{int64_list=Int64List{value=[...] packed}}}."""
+  packed = b"".join(_varint(int(v)) for v in values)
+  return _entry(key, b"\x1a" + _ld(b"\n" + _ld(packed)))
 
 
 def _string_entry(prefix: bytes, v: bytes) -> bytes:
@@ -162,6 +170,8 @@ def serialize_example(ex: dict[str, Any]) -> bytes:
       _entry("candidates", b"\n" + _ld(cands)),
       _int_entry("template_id", int(ex.get("template_id", 0))),
       _NAN_RATING if math.isnan(rating) else _float_entry("rating", rating),
+      _int_list_entry("slot_items", ex["slot_items"]) if ex.get("slot_items")
+      else b"",
   ))
   return b"\n" + _varint(len(body)) + body
 
@@ -215,7 +225,10 @@ def _vocab_sentences(data: PreparedData, config: PromptConfig, seed: int,
     if text:
       yield text
   for task in tasks:
-    if task == "mlm":
+    # The vocabulary learns the words of the alignment prompts; the other
+    # families (conversation, item_text) reuse them, and the vocabulary of a
+    # directory does not change when a family is added.
+    if task == "mlm" or task not in REC_TASKS + AUX_TASKS:
       continue
     n_units = data.num_items if task == "ie" else data.num_users
     stride = max(1, n_units // max(1, max_prompts_per_task // 4))
@@ -385,7 +398,8 @@ def write_manifest(data: PreparedData, directory: pathlib.Path,
       "num_shards": num_shards,
       "features": {"string": list(STRING_FEATURES), "int64": list(INT_FEATURES),
                    "float": list(FLOAT_FEATURES),
-                   "bytes_list": list(LIST_FEATURES)},
+                   "bytes_list": list(LIST_FEATURES),
+                   "int64_list": list(INT_LIST_FEATURES)},
       "config": config.to_json(),
       "seed": seed,
       **plan.vocabulary,

@@ -273,11 +273,13 @@ def state_metadata(state_dir: str) -> Any:
   return getattr(tree, 'tree', tree)
 
 
-def restore_params_from_recjax_dir(path: str, abstract_params: Any) -> Any:
+def restore_params_from_recjax_dir(path: str, abstract_params: Any, *,
+                                   subtree: Optional[str] = None) -> Any:
   """Params from a recjax orbax model dir (or its `checkpoints/<step>` dir).
 
   `abstract_params` carries the target shapes/shardings; the optimizer state
-  in the checkpoint is not read.
+  in the checkpoint is not read. With `subtree`, only `params[subtree]` is
+  restored (into `abstract_params`), e.g. ILM's item encoder from phase 1.
   """
   state_dir = latest_state_dir(path)
   # Restore only the params subtree: build a full abstract target from the
@@ -286,7 +288,20 @@ def restore_params_from_recjax_dir(path: str, abstract_params: Any) -> Any:
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
                                      sharding=_replicated_like(abstract_params)),
       state_metadata(state_dir))
-  target['params'] = abstract_params
+  if subtree is None:
+    target['params'] = abstract_params
+  else:
+    if subtree not in target.get('params', {}):
+      raise ValueError(f'{path}: the checkpoint has no params/{subtree} '
+                       f'(it has {sorted(target.get("params", {}))}).')
+    got = jax.tree_util.tree_map(lambda m: (m.shape, str(m.dtype)),
+                                 target['params'][subtree])
+    want = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)),
+                                  abstract_params)
+    if got != want:
+      raise ValueError(f'{path}: params/{subtree} does not match the model: '
+                       f'{_tree_diff(got, want)}')
+    target['params'][subtree] = abstract_params
   try:
     with ocp.StandardCheckpointer() as ckptr:
       restored = ckptr.restore(state_dir, target)
@@ -294,7 +309,20 @@ def restore_params_from_recjax_dir(path: str, abstract_params: Any) -> Any:
     raise CorruptCheckpointError(
         f'checkpoint {os.path.dirname(state_dir)} cannot be read: '
         f'{_reason(e)}') from e
+  if subtree is not None:
+    return restored['params'][subtree]
   return restored['params']
+
+
+def _tree_diff(got: Any, want: Any) -> str:
+  """The first differences between two {path: (shape, dtype)} trees."""
+  flat = lambda t: {'/'.join(str(getattr(k, 'key', k)) for k in p): v
+                    for p, v in jax.tree_util.tree_flatten_with_path(
+                        t, is_leaf=lambda x: isinstance(x, tuple))[0]}
+  g, w = flat(got), flat(want)
+  diffs = [f'{k}: checkpoint {g.get(k)} vs model {w.get(k)}'
+           for k in sorted(set(g) | set(w)) if g.get(k) != w.get(k)]
+  return '; '.join(diffs[:5]) + (' ...' if len(diffs) > 5 else '')
 
 
 def _replicated_like(tree):

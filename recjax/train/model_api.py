@@ -100,8 +100,14 @@ class TokenLossModel(BaseModel):
     self.label_smoothing = label_smoothing
 
   @abc.abstractmethod
-  def _compute_logits(self, params, batch, dropout_rng) -> Array:
-    """Teacher-forced logits [B, T, V] for the batch's targets."""
+  def _compute_logits(self, params, batch, dropout_rng, *,
+                      input_embeddings=None, embedding_mask=None) -> Array:
+    """Teacher-forced logits [B, T, V] for the batch's targets.
+
+    input_embeddings [B, L, emb] (with embedding_mask [B, L]) replace the
+    embeddings of the prompt tokens (the encoder's inputs, or the decoder-only
+    model's input sequence): soft tokens filled by a `SlotModel`.
+    """
 
   def _num_tokens(self, batch) -> Array:
     return jnp.sum(batch['decoder_target_tokens'] > 0).astype(jnp.float32)
@@ -117,16 +123,20 @@ class TokenLossModel(BaseModel):
       return jnp.maximum(jnp.sum(self._weights(batch)), 1.0)
     return jnp.asarray(lnf, jnp.float32)
 
-  def loss_fn(self, params, batch, dropout_rng, normalizer=None):
+  def loss_fn(self, params, batch, dropout_rng, normalizer=None, *,
+              input_embeddings=None, embedding_mask=None):
     """Cross entropy (+ z-loss), normalised by `normalizer`.
 
     `normalizer` defaults to `loss_normalizer(batch)`; the trainer passes the
     full batch's normalizer to every microbatch so that accumulated gradients
-    equal the full-batch gradient exactly.
+    equal the full-batch gradient exactly. `input_embeddings` /
+    `embedding_mask`: see `_compute_logits`.
     """
     if normalizer is None:
       normalizer = self.loss_normalizer(batch)
-    logits = self._compute_logits(params, batch, dropout_rng)
+    logits = self._compute_logits(params, batch, dropout_rng,
+                                  input_embeddings=input_embeddings,
+                                  embedding_mask=embedding_mask)
     logits = logits.astype(jnp.float32)
     targets = batch['decoder_target_tokens']
     weights = self._weights(batch)
@@ -174,7 +184,8 @@ class EncoderDecoderModel(TokenLossModel):
     rngs = {'params': rng, 'dropout': jax.random.fold_in(rng, 1)}
     return self.module.init(rngs, enc, dec, tgt, enable_dropout=False)
 
-  def _compute_logits(self, params, batch, dropout_rng):
+  def _compute_logits(self, params, batch, dropout_rng, *,
+                      input_embeddings=None, embedding_mask=None):
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
         {'params': params},
@@ -185,6 +196,8 @@ class EncoderDecoderModel(TokenLossModel):
         decoder_segment_ids=batch.get('decoder_segment_ids'),
         encoder_positions=batch.get('encoder_positions'),
         decoder_positions=batch.get('decoder_positions'),
+        input_embeddings=input_embeddings,
+        embedding_mask=embedding_mask,
         enable_dropout=dropout_rng is not None,
         rngs=rngs)
 
@@ -263,7 +276,8 @@ class DecoderOnlyModel(TokenLossModel):
       first = positions == 0
     return jnp.where(first & (tokens == 0), bos, tokens)
 
-  def _compute_logits(self, params, batch, dropout_rng):
+  def _compute_logits(self, params, batch, dropout_rng, *,
+                      input_embeddings=None, embedding_mask=None):
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
     positions = batch.get('decoder_positions')
     causal = (batch.get('decoder_causal_attention')
@@ -277,6 +291,8 @@ class DecoderOnlyModel(TokenLossModel):
         decoder_segment_ids=batch.get('decoder_segment_ids'),
         decoder_positions=positions,
         decoder_causal_attention=causal,
+        input_embeddings=input_embeddings,
+        embedding_mask=embedding_mask,
         enable_dropout=dropout_rng is not None,
         rngs=rngs)
 

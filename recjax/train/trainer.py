@@ -267,9 +267,51 @@ def load_initial_params(path: str, setup: StateSetup,
   T5X, a recjax run without LoRA) gives the base weights, strictly, and the
   adapters come from a fresh init with `rng` (default PRNGKey(0)); a recjax
   checkpoint with adapters restores them too.
+
+  A model with item slots (`SlotModel`) reads its LM from `path` the same
+  way; its slot module's subtree comes from `path` when that is a recjax dir
+  of the same model (resuming a phase), else from the model's
+  `slot_checkpoint_path` (e.g. ILM's phase-1 run), else a fresh init.
   """
+  rng = jax.random.PRNGKey(0) if rng is None else rng
   abstract = setup.abstract_state.params
   shardings = setup.state_shardings.params
+  key = getattr(model, 'params_key', None)
+  if key is None or key not in abstract or (
+      is_recjax_dir(path) and recjax_dir_has_subtree(path, key)):
+    return _load_lm_params(path, abstract, shardings, model, setup, rng)
+  lm_abstract = {k: v for k, v in abstract.items() if k != key}
+  lm_shardings = {k: v for k, v in shardings.items() if k != key}
+  params = dict(_load_lm_params(path, lm_abstract, lm_shardings, model, setup,
+                                rng))
+  slot_path = getattr(model, 'slot_checkpoint_path', None)
+  if slot_path:
+    target = checkpointing.abstract_with_shardings(abstract[key],
+                                                   shardings[key])
+    params[key] = checkpointing.restore_params_from_recjax_dir(
+        slot_path, target, subtree=key)
+    print(f'[recjax] {key} params from {slot_path}', file=sys.stderr)
+  else:
+    params[key] = fresh_subtree(model, setup, rng, key)
+  return params
+
+
+def recjax_dir_has_subtree(path: str, key: str) -> bool:
+  """Whether the (latest) recjax checkpoint under `path` has params[key]."""
+  tree = checkpointing.state_metadata(checkpointing.latest_state_dir(path))
+  return key in dict(dict(tree).get('params', {}))
+
+
+def fresh_subtree(model: model_api.BaseModel, setup: StateSetup,
+                  rng: jax.Array, key: str) -> PyTree:
+  """params[key] of a fresh init (sharded), without the rest of the tree."""
+  def init(r):
+    return nn.unbox(model.get_initial_variables(
+        r, setup.input_shapes)['params'])[key]
+  return jax.jit(init, out_shardings=setup.state_shardings.params[key])(rng)
+
+
+def _load_lm_params(path, abstract, shardings, model, setup, rng):
   lora_cfg = lora_config(model)
   fresh_adapters = False
   if lora_cfg is not None and lora_lib.has_lora(abstract):
@@ -279,7 +321,6 @@ def load_initial_params(path: str, setup: StateSetup,
       shardings = lora_lib.split_lora(shardings)[0]
   params = _load_base_params(path, abstract, shardings, model)
   if fresh_adapters:
-    rng = jax.random.PRNGKey(0) if rng is None else rng
     params = lora_lib.merge_trees(params, fresh_lora_params(model, setup, rng))
   return params
 

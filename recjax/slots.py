@@ -1,0 +1,42 @@
+"""The one slot mechanism shared by ILM and RSLLM (see DESIGN.md).
+
+A prompt marks each item mention that gets embeddings with `SLOT_MARKER`; the
+record carries the catalogue indices of the slotted items, in text order, as
+the int feature `slot_items` (index + 1, so 0 stays SeqIO's padding). The
+SeqIO task tokenizes each marker to `SLOT_TOKEN_ID` and repeats it once per
+soft token of the item; the feature converter passes `slot_items` into the
+batch; the model replaces the embeddings at the slot positions (n-th slot
+token of a row -> soft token n % K of item n // K) before the LM reads them.
+
+`SLOT_TOKEN_ID` lies outside every vocabulary, so a slot can never be
+confused with a real token, and it is non-zero, so padding masks (token > 0)
+count it as text. Nothing below the model ever embeds it: the model swaps it
+for a placeholder id first.
+
+This module is dependency-free so every layer (prompts, SeqIO tasks, models,
+inference) can share the constants.
+"""
+from __future__ import annotations
+
+import re
+
+SLOT_MARKER = "<item_slot>"
+SLOT_TOKEN_ID = 2**31 - 1
+SLOT_FEATURE = "slot_items"
+# Prompts write `<item_slot:INDEX>`; `strip_slot_indices` turns that into the
+# plain marker plus the `slot_items` feature when the example is built.
+_INDEXED_MARKER = re.compile(r"<item_slot:(\d+)>")
+SLOT_MODES = ("none", "replace", "append")
+
+
+def indexed_marker(index: int) -> str:
+  """The marker for catalogue item `index` (0-based) as prompts write it."""
+  return f"<item_slot:{int(index)}>"
+
+
+def strip_slot_indices(text: str) -> tuple[str, list[int]]:
+  """(text with plain markers, slot_items = [index + 1 for each marker])."""
+  if "<item_slot:" not in text:  # the common case: no slots, no regex
+    return text, []
+  items = [int(m) + 1 for m in _INDEXED_MARKER.findall(text)]
+  return _INDEXED_MARKER.sub(SLOT_MARKER, text), items
