@@ -10,3 +10,9 @@ from seqio_tasks.registry import register_prepared
 
 PREPARED_DIR = _dirs.dataset_dir("RECJAX_SYNTHETIC_DIR", "synthetic")
 NAMES = register_prepared(PREPARED_DIR, dataset_name="synthetic")
+
+# The same world prepared with item slots for ILM / RSLLM (the quickstart's
+# `recjax prepare --name=synthetic_slots --prompt=item_slots=replace
+# --vocab=<synthetic>/vocab/spiece.model`): `synthetic_slots_*`.
+SLOTS_DIR = _dirs.dataset_dir("RECJAX_SYNTHETIC_SLOTS_DIR", "synthetic_slots")
+SLOTS_NAMES = register_prepared(SLOTS_DIR, dataset_name="synthetic_slots")

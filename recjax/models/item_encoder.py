@@ -75,6 +75,10 @@ class ItemEncoderConfig:
   # A table from a trained recommender (BPR-MF, SASRec) is an input, not a
   # parameter to learn: no gradient reaches it.
   freeze_cf_table: bool = False
+  # LayerNorm over the CF features before cross-attention (BLIP-2's
+  # `ln_vision` over the image features): a BPR / SASRec / fresh table has
+  # any scale, and tiny features leave the queries blind to the item.
+  normalize_cf_features: bool = True
 
   def __post_init__(self):
     positive = ('cf_dim', 'num_query_tokens', 'hidden_dim', 'num_layers',
@@ -384,6 +388,8 @@ class ItemEncoder(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     self.cf_table = Embed(cfg.num_items, cfg.cf_dim, ('vocab', 'embed'), dtype,
                           embedding_init=self.cf_table_init or bert_init)
+    if cfg.normalize_cf_features:
+      self.cf_norm = LayerNorm(1e-6, dtype)
     self.query_tokens = self.param(
         'query_tokens', nn.with_logical_partitioning(bert_init,
                                                      ('length', 'embed')),
@@ -412,6 +418,8 @@ class ItemEncoder(nn.Module):
     features = self.cf_table(items.astype(jnp.int32))[:, None, :]
     if self.config.freeze_cf_table:
       features = jax.lax.stop_gradient(features)
+    if self.config.normalize_cf_features:
+      features = self.cf_norm(features)
     return features
 
   def _prepend(self, text: Array, token_id: int) -> tuple[Array, Array]:

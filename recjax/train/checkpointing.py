@@ -294,14 +294,17 @@ def restore_params_from_recjax_dir(path: str, abstract_params: Any, *,
     if subtree not in target.get('params', {}):
       raise ValueError(f'{path}: the checkpoint has no params/{subtree} '
                        f'(it has {sorted(target.get("params", {}))}).')
-    got = jax.tree_util.tree_map(lambda m: (m.shape, str(m.dtype)),
-                                 target['params'][subtree])
-    want = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)),
-                                  abstract_params)
-    if got != want:
+    # The checkpoint's subtree may hold more than the model needs (phase 1
+    # trains the text branch and heads that phase 2 never builds): restore
+    # it whole, with the model's leaves in their target shardings.
+    have = _flat(target['params'][subtree])
+    want = _flat(abstract_params)
+    bad = [f'{k}: checkpoint {_sig(have.get(k))} vs model {_sig(v)}'
+           for k, v in sorted(want.items()) if _sig(have.get(k)) != _sig(v)]
+    if bad:
       raise ValueError(f'{path}: params/{subtree} does not match the model: '
-                       f'{_tree_diff(got, want)}')
-    target['params'][subtree] = abstract_params
+                       + '; '.join(bad[:5]) + (' ...' if len(bad) > 5 else ''))
+    target['params'][subtree] = _unflat({**have, **want})
   try:
     with ocp.StandardCheckpointer() as ckptr:
       restored = ckptr.restore(state_dir, target)
@@ -310,19 +313,30 @@ def restore_params_from_recjax_dir(path: str, abstract_params: Any, *,
         f'checkpoint {os.path.dirname(state_dir)} cannot be read: '
         f'{_reason(e)}') from e
   if subtree is not None:
-    return restored['params'][subtree]
+    got = _flat(restored['params'][subtree])
+    return _unflat({k: got[k] for k in _flat(abstract_params)})
   return restored['params']
 
 
-def _tree_diff(got: Any, want: Any) -> str:
-  """The first differences between two {path: (shape, dtype)} trees."""
-  flat = lambda t: {'/'.join(str(getattr(k, 'key', k)) for k in p): v
-                    for p, v in jax.tree_util.tree_flatten_with_path(
-                        t, is_leaf=lambda x: isinstance(x, tuple))[0]}
-  g, w = flat(got), flat(want)
-  diffs = [f'{k}: checkpoint {g.get(k)} vs model {w.get(k)}'
-           for k in sorted(set(g) | set(w)) if g.get(k) != w.get(k)]
-  return '; '.join(diffs[:5]) + (' ...' if len(diffs) > 5 else '')
+def _flat(tree: Any) -> dict:
+  """{'a/b/c': leaf} of a nested dict of arrays / ShapeDtypeStructs."""
+  return {'/'.join(str(getattr(k, 'key', k)) for k in p): v
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _unflat(flat: dict) -> dict:
+  out: dict = {}
+  for key, v in flat.items():
+    node = out
+    *parents, last = key.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[last] = v
+  return out
+
+
+def _sig(x: Any):
+  return None if x is None else (tuple(x.shape), str(x.dtype))
 
 
 def _replicated_like(tree):

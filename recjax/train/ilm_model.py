@@ -45,6 +45,7 @@ class ItemTextFeatureConverter(seqio.FeatureConverter):
   """
 
   TASK_FEATURES = {'inputs': _Spec(dtype=tf.int32),
+                   'targets': _Spec(dtype=tf.int32),  # read, not used
                    slots.SLOT_FEATURE: _Spec(dtype=tf.int32)}
   MODEL_FEATURES = {'text_tokens': _Spec(dtype=tf.int32),
                     slots.SLOT_FEATURE: _Spec(dtype=tf.int32)}

@@ -711,23 +711,36 @@ def train(*,
     totals = {k: sum(float(m[k]) for m in ms) for k in ms[0]}
     dt = max(time.time() - window_start, 1e-9)
     n = len(ms)
-    s = model_api.summarize_metrics(totals)
     row = {
         'loss': totals['loss'] / n,
-        'cross_ent_loss_per_token': s['cross_ent_loss_per_token'],
-        'accuracy': s['accuracy'],
-        'z_loss': totals['z_loss'] / n,
         'learning_rate': float(learning_rate_fn(step_now - 1)),
         'grad_norm': totals['grad_norm'] / n,
         'steps_per_sec': n / dt,
-        'tokens_per_sec': totals['num_tokens'] / dt,
-        'examples_per_sec': totals['num_examples'] / dt,
+        'examples_per_sec': totals.get('num_examples', 0.0) / dt,
     }
+    if 'weight_sum' in totals:  # token-loss models (the LMs)
+      s = model_api.summarize_metrics(totals)
+      row.update({
+          'cross_ent_loss_per_token': s['cross_ent_loss_per_token'],
+          'accuracy': s['accuracy'],
+          'z_loss': totals['z_loss'] / n,
+          'tokens_per_sec': totals['num_tokens'] / dt,
+      })
+    # Each loss term a model logs on its own (e.g. ILM phase 1's), per step.
+    parts = {k: totals[k] / n for k in sorted(totals)
+             if k.endswith('_loss') and k not in row and k != 'z_loss'}
+    row.update(parts)
     writer.write_scalars(step_now, row, split='train')
+    if 'accuracy' in row:
+      detail = (f'acc {_fmt(row["accuracy"])} lr {_fmt(row["learning_rate"])} '
+                f'{row["steps_per_sec"]:.2f} steps/s '
+                f'{row["tokens_per_sec"]:.0f} tok/s')
+    else:
+      detail = ' '.join([f'{k} {_fmt(v)}' for k, v in parts.items()] + [
+          f'lr {_fmt(row["learning_rate"])}',
+          f'{row["steps_per_sec"]:.2f} steps/s'])
     print(f'[recjax] step {step_now}/{train_steps} loss {_fmt(row["loss"])} '
-          f'acc {_fmt(row["accuracy"])} lr {_fmt(row["learning_rate"])} '
-          f'{row["steps_per_sec"]:.2f} steps/s '
-          f'{row["tokens_per_sec"]:.0f} tok/s', file=sys.stderr)
+          f'{detail}', file=sys.stderr)
     last_summary = row
     window = []
     window_start = time.time()
