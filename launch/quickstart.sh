@@ -9,16 +9,22 @@
 #      (20 beams over the catalogue trie), ranking of 20 candidates by
 #      likelihood, rating RMSE;
 #   4. train and evaluate Pop, BPR-MF and SASRec on the same split;
-#   5. print the comparison table and save results.{md,json,png}.
+#   5. ILM: align an item encoder (a Q-Former over BPR-MF's item embeddings)
+#      with the item texts (phase 1), then train it to feed 4 soft tokens per
+#      item to the FLAN-T5 of step 2, frozen (phase 2), and evaluate it the
+#      same way;
+#   6. print the comparison table and save results.{md,json,png}.
 #
 # `bash launch/quickstart.sh --all` adds the comparison rows: the tiny FLAN-T5
-# trained on synthetic_rec alone (rec tasks without the auxiliary ones). The
-# README says what each row costs.
+# trained on synthetic_rec alone (rec tasks without the auxiliary ones), and
+# ILM with an unaligned (phase 2 only) item encoder. The README says what
+# each row costs.
 #
 # Everything goes to $RECJAX_QUICKSTART_DIR (default
 # $RECJAX_DATA_DIR/quickstart, i.e. ~/.cache/recjax/quickstart), which is
 # replaced on every run. QUICKSTART_STEPS overrides the training steps of each
-# LM run (default: TRAIN_STEPS of gin_configs/runs/quickstart.gin).
+# LM run (default: TRAIN_STEPS of gin_configs/runs/quickstart.gin);
+# ILM_PHASE1_STEPS / ILM_PHASE2_STEPS those of ILM's phases (300 / 200).
 set -euo pipefail
 ALL=0
 for arg in "$@"; do
@@ -48,7 +54,7 @@ stage() { echo; echo "== [$(( (SECONDS - START) / 60 ))m$(( (SECONDS - START) % 
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-stage "1/5 prepare the synthetic world -> $DATA"
+stage "1/6 prepare the synthetic world -> $DATA"
 # Quickstart prompt settings (README, "What the quickstart does"): 10 history
 # items, 20 ranking candidates, and more MIM/BPR examples per user so the
 # auxiliary tasks are a real share of synthetic_rec_aux.
@@ -56,6 +62,13 @@ stage "1/5 prepare the synthetic world -> $DATA"
   --max_history=10 --num_negatives=19 \
   --prompt=mim_examples_per_user=10 --prompt=bpr_pairs_per_user=10
 "$PY" -m recjax.main show --task=synthetic_rec,synthetic_rec_aux -n 0
+# The same world with an item slot after each mention (title, id, then the
+# slot ILM fills with soft tokens), in the LM's vocabulary: synthetic_slots_*.
+SLOTS="$RECJAX_DATA_DIR/synthetic_slots"
+export RECJAX_SYNTHETIC_SLOTS_DIR="$SLOTS"
+"$PY" -m recjax.main prepare --source=synthetic --name=synthetic_slots \
+  --output="$SLOTS" --overwrite --max_history=10 --num_negatives=19 \
+  --prompt=item_slots=append --vocab="$DATA/vocab/spiece.model"
 
 # Runs: "label|model gin|mixture|dir". The default trains one row per
 # method; --all adds the comparison rows.
@@ -67,7 +80,7 @@ fi
 
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r LABEL GIN MIX NAME <<< "$RUN"
-  stage "2/5 train $LABEL ($GIN on $MIX) -> $OUT/train_$NAME"
+  stage "2/6 train $LABEL ($GIN on $MIX) -> $OUT/train_$NAME"
   "$PY" -m recjax.main train --gin_file="$GIN" \
     --gin_file=runs/quickstart.gin \
     --gin.MIXTURE_OR_TASK_NAME="'$MIX'" \
@@ -76,7 +89,7 @@ done
 
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r LABEL GIN MIX NAME <<< "$RUN"
-  stage "3/5 evaluate $LABEL on the test split -> $OUT/eval_$NAME"
+  stage "3/6 evaluate $LABEL on the test split -> $OUT/eval_$NAME"
   "$PY" -m recjax.main eval --gin_file="$GIN" \
     --gin_file=runs/eval.gin \
     --gin.ACTIVATION_DTYPE="'float32'" \
@@ -91,16 +104,63 @@ done
 # with early stopping; `recjax baseline --model=sasrec` without --epochs).
 for SPEC in pop bpr "sasrec --epochs=3"; do
   MODEL=${SPEC%% *}
-  stage "4/5 baseline $MODEL -> $OUT/baseline_$MODEL"
+  stage "4/6 baseline $MODEL -> $OUT/baseline_$MODEL"
   # shellcheck disable=SC2086
   "$PY" -m recjax.main baseline --model=$SPEC --data="$DATA" \
     --output="$OUT/baseline_$MODEL"
 done
 
-stage "5/5 results -> $OUT/results.{md,json,png}"
+# ILM (gin_configs/runs/ilm_phase{1,2}.gin): phase 1 aligns the item encoder
+# with the item texts; phase 2 trains it (and only it) to feed the frozen
+# FLAN-T5 of step 2 on synthetic_slots_rec_conv (rec tasks + multi-turn
+# conversations). ILM inputs hold titles, ids and 4 slot tokens per item:
+# 768 input tokens fit the 30-item ranking prompts.
+ILM_LENGTHS="{'inputs': 768, 'targets': 16, 'slot_items': 32}"
+stage "5/6 ILM phase 1: item encoder over BPR-MF's embeddings -> $OUT/ilm_phase1"
+"$PY" -m recjax.main train --gin_file=runs/ilm_phase1.gin \
+  --gin.MIXTURE_OR_TASK_NAME="'synthetic_slots_item_text'" \
+  --gin.CF_EMBEDDINGS_DIR="'$OUT/baseline_bpr'" \
+  --gin.MODEL_DIR="'$OUT/ilm_phase1'" --gin.TRAIN_STEPS="${ILM_PHASE1_STEPS:-300}" \
+  --gin.KEEP_CHECKPOINTS=1 --gin.train.log_every=50
+ILM_RUNS=("ILM (tiny FLAN-T5 frozen)|'$OUT/ilm_phase1'|ilm")
+if (( ALL )); then
+  ILM_RUNS+=("ILM, unaligned encoder (\`--all\`)|None|ilm_unaligned")
+fi
+for RUN in "${ILM_RUNS[@]}"; do
+  IFS='|' read -r LABEL ENCODER NAME <<< "$RUN"
+  stage "5/6 ILM phase 2: $LABEL -> $OUT/train_$NAME"
+  "$PY" -m recjax.main train --gin_file=models/flan_t5_tiny.gin \
+    --gin_file=runs/ilm_phase2.gin \
+    --gin.MIXTURE_OR_TASK_NAME="'synthetic_slots_rec_conv'" \
+    --gin.CF_EMBEDDINGS_DIR="'$OUT/baseline_bpr'" \
+    --gin.INITIAL_CHECKPOINT_PATH="'$OUT/train_t5_rec_aux'" \
+    --gin.ITEM_ENCODER_CHECKPOINT="$ENCODER" \
+    --gin.TASK_FEATURE_LENGTHS="$ILM_LENGTHS" \
+    --gin.TRAIN_STEPS="${ILM_PHASE2_STEPS:-200}" --gin.BATCH_SIZE=16 \
+    --gin.DROPOUT_RATE=0.0 --gin.ACTIVATION_DTYPE="'float32'" \
+    --gin.train.auto_vocab_size=True --gin.EVAL_PERIOD=50 --gin.EVAL_STEPS=4 \
+    --gin.SAVING_PERIOD=200 --gin.KEEP_CHECKPOINTS=1 --gin.train.log_every=25 \
+    --gin.MODEL_DIR="'$OUT/train_$NAME'"
+  stage "5/6 evaluate $LABEL on the test split -> $OUT/eval_$NAME"
+  "$PY" -m recjax.main eval --gin_file=models/flan_t5_tiny.gin \
+    --gin_file=runs/eval.gin --gin_file=runs/ilm_model.gin \
+    --gin.CF_EMBEDDINGS_DIR="'$OUT/baseline_bpr'" \
+    --gin.ACTIVATION_DTYPE="'float32'" \
+    --gin.evaluate.auto_vocab_size=True \
+    --gin.MIXTURE_OR_TASK_NAME="'synthetic_slots_rec'" \
+    --gin.TASK_FEATURE_LENGTHS="$ILM_LENGTHS" \
+    --gin.CHECKPOINT_PATH="'$OUT/train_$NAME'" \
+    --gin.EVAL_OUTPUT_DIR="'$OUT/eval_$NAME'"
+done
+
+stage "6/6 results -> $OUT/results.{md,json,png}"
 REPORT=()
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r LABEL GIN MIX NAME <<< "$RUN"
+  REPORT+=(--lm "$LABEL=$OUT/eval_$NAME" --curves "$LABEL=$OUT/train_$NAME")
+done
+for RUN in "${ILM_RUNS[@]}"; do
+  IFS='|' read -r LABEL ENCODER NAME <<< "$RUN"
   REPORT+=(--lm "$LABEL=$OUT/eval_$NAME" --curves "$LABEL=$OUT/train_$NAME")
 done
 "$PY" -m recjax.infer.report "${REPORT[@]}" \

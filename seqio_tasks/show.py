@@ -11,6 +11,8 @@ from typing import TextIO
 
 import seqio
 
+from recjax import slots
+
 
 def show_examples(task_or_mixture: str, split: str, n: int = 5,
                   out: TextIO = sys.stdout, *, seed: int = 0) -> list[dict]:
@@ -26,7 +28,7 @@ def show_examples(task_or_mixture: str, split: str, n: int = 5,
   feats = provider.output_features
   shown = []
   for k, ex in enumerate(ds.take(n).as_numpy_iterator()):
-    row = {key: feats[key].vocabulary.decode(ex[key].tolist())
+    row = {key: _decode(feats[key].vocabulary, ex[key].tolist())
            for key in ("inputs", "targets")}
     row.update(inputs_tokens=len(ex["inputs"]), targets_tokens=len(ex["targets"]))
     for key in ("task", "template_id", "target_item"):
@@ -37,6 +39,9 @@ def show_examples(task_or_mixture: str, split: str, n: int = 5,
       row["candidates"] = [c.decode() for c in ex["candidates"]]
     if "rating" in ex:
       row["rating"] = float(ex["rating"])
+    if len(ex.get(slots.SLOT_FEATURE, ())):
+      row[slots.SLOT_FEATURE] = [int(i) - 1 for i in ex[slots.SLOT_FEATURE]
+                                 if i > 0]
     shown.append(row)
     meta = ", ".join(f"{key}={row[key]}" for key in
                      ("task", "template_id", "target_item") if key in row)
@@ -44,7 +49,27 @@ def show_examples(task_or_mixture: str, split: str, n: int = 5,
           f"{row['inputs_tokens']}/{row['targets_tokens']} tokens)", file=out)
     print(f"inputs:  {row['inputs']}", file=out)
     print(f"targets: {row['targets']}", file=out)
+    if slots.SLOT_FEATURE in row:
+      print(f"slotted items (catalogue indices): {row[slots.SLOT_FEATURE]}",
+            file=out)
   return shown
+
+
+def _decode(vocabulary, ids: list[int]) -> str:
+  """Decoded ids; each run of slot tokens shows as one `<item_slot>xK`."""
+  parts, run, text = [], 0, []
+  for i in ids + [None]:
+    if i == slots.SLOT_TOKEN_ID:
+      run += 1
+      continue
+    if run:
+      parts.append(vocabulary.decode(text))
+      parts.append(f" {slots.SLOT_MARKER}x{run} ")
+      text, run = [], 0
+    if i is not None:
+      text.append(i)
+  parts.append(vocabulary.decode(text))
+  return "".join(parts).strip()
 
 
 def mixture_summary(name: str, out: TextIO = sys.stdout) -> dict[str, float]:
