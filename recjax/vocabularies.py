@@ -135,6 +135,8 @@ def _load(tokenizer_file: str) -> _Loaded:
     return None if value is None else int(value)
 
   special = {name: special_id(name) for name in _SPECIAL_NAMES}
+  if special.get("eos") is None:  # BERT-style: [SEP] ends a sequence
+    special["eos"] = special_id("sep")
   # add_bos_token/add_eos_token from the config; else what the tokenizer's
   # post-processor does (Llama-3's template adds <|begin_of_text|>).
   with_special = tok.encode("a", add_special_tokens=True).ids

@@ -153,6 +153,32 @@ class ItemTextSource(seqio.FunctionDataSource):
     return self._prepared_dir
 
 
+def register_item_text(prepared_dir: str | os.PathLike, name: str,
+                       vocabulary: seqio.Vocabulary) -> str:
+  """Registers (or replaces) the ILM phase-1 task `name` of a prepared dir.
+
+  `register_prepared` registers `<dataset>_item_text` in the directory's
+  vocabulary; an item encoder initialised from BERT reads the texts in BERT's
+  WordPiece vocabulary instead (`recjax.train.ilm_model.item_text_task`).
+  """
+  features = {
+      key: seqio.Feature(vocabulary, add_eos=vocabulary.eos_id is not None,
+                         required=key == "inputs")
+      for key in ("inputs", "targets")}
+  features[slots_lib.SLOT_FEATURE] = seqio.Feature(
+      seqio.PassThroughVocabulary(1), add_eos=False, required=False,
+      dtype=tf.int32)
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name, source=ItemTextSource(pathlib.Path(prepared_dir).expanduser()),
+      preprocessors=[slot_preprocessors.tokenize_with_slots,
+                     seqio.CacheDatasetPlaceholder(),
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=features)
+  return name
+
+
 def item_text_dataset_fn(prepared_dir: pathlib.Path):
   """The dataset_fn of `ItemTextSource`."""
   from recjax.data.prepared import PreparedData  # pylint: disable=g-import-not-at-top
@@ -283,14 +309,8 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
          metric_fns=list(METRIC_FNS.get(t, ())))
 
   if manifest is not None:
-    _add(seqio.TaskRegistry, f"{name}_{ITEM_TEXT_TASK}",
-         source=ItemTextSource(prepared_dir),
-         preprocessors=[
-             slot_preprocessors.tokenize_with_slots,
-             seqio.CacheDatasetPlaceholder(),
-             seqio.preprocessors.append_eos_after_trim,
-         ],
-         output_features=slot_output_features)
+    registered.append(register_item_text(prepared_dir, f"{name}_{ITEM_TEXT_TASK}",
+                                         vocab))
 
   rates = {}
   for t in tasks:

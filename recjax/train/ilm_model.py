@@ -77,12 +77,16 @@ class ILMAlignmentModel(model_api.BaseModel):
     temperature: of the contrastive losses (BLIP-2 learns it from 0.07).
     itc_weight, itm_weight, itg_weight, iic_weight: loss weights (0 skips).
     label_smoothing: of ITC and ITG (BLIP-2: 0.1).
+    bert_dir: a Hugging Face BERT folder whose weights initialise the text
+      branch of a fresh encoder (`pretrained_params`; the encoder's config
+      must come from the same folder: `item_encoder(bert_dir=...)`).
   """
 
   feature_converter_cls = ItemTextFeatureConverter
   architecture = 'item_encoder'
 
   def __init__(self, module: nn.Module = gin.REQUIRED, *,
+               bert_dir: Optional[str] = None,
                temperature: float = 0.07, itc_weight: float = 1.0,
                itm_weight: float = 1.0, itg_weight: float = 1.0,
                iic_weight: float = 1.0, label_smoothing: float = 0.0,
@@ -95,6 +99,23 @@ class ILMAlignmentModel(model_api.BaseModel):
     self.weights = dict(itc=itc_weight, itm=itm_weight, itg=itg_weight,
                         iic=iic_weight)
     self.label_smoothing = float(label_smoothing)
+    self.bert_dir = bert_dir or None
+
+  @property
+  def frozen_param_patterns(self) -> tuple:
+    """A recommender's CF table is an input: never trained (no opt state)."""
+    return cf_table_patterns(self.module)
+
+  def pretrained_params(self, params):
+    """A fresh init's params with the BERT text branch loaded (host-side);
+    the trainer calls it when it starts from scratch."""
+    if not self.bert_dir:
+      return params
+    from recjax.checkpoints import hf_bert  # pylint: disable=g-import-not-at-top
+    params = dict(params)
+    params[PARAMS_KEY] = hf_bert.load_bert_into(params[PARAMS_KEY],
+                                                self.bert_dir)
+    return params
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
     del input_types
@@ -169,6 +190,14 @@ class ILMAlignmentModel(model_api.BaseModel):
     return self._apply(params, items, method='soft_tokens')
 
 
+def cf_table_patterns(module) -> tuple:
+  """The frozen pattern of an item encoder's CF table, if it is frozen."""
+  config = getattr(module, 'config', None)
+  if getattr(config, 'freeze_cf_table', False):
+    return (f'^{PARAMS_KEY}/cf_table/',)
+  return ()
+
+
 def prepared_dir_of_task(mixture_or_task_name: str):
   """The prepared directory behind a registered task or mixture."""
   import pathlib  # pylint: disable=g-import-not-at-top
@@ -193,8 +222,25 @@ def _constant_init(table):
 
 
 @gin.configurable(module='models')
+def item_text_task(mixture_or_task_name: str = gin.REQUIRED,
+                   bert_dir: Optional[str] = None) -> str:
+  """The phase-1 task to train on: `mixture_or_task_name` itself, or, with
+  `bert_dir`, the same items in that BERT's WordPiece vocabulary (registered
+  now as `<name>_bert`), so a BERT-initialised text branch reads its own
+  tokens."""
+  if not bert_dir:
+    return mixture_or_task_name
+  from recjax import vocabularies  # pylint: disable=g-import-not-at-top
+  from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
+  return registry.register_item_text(
+      prepared_dir_of_task(mixture_or_task_name),
+      f'{mixture_or_task_name}_bert', vocabularies.load_vocabulary(bert_dir))
+
+
+@gin.configurable(module='models')
 def item_encoder(config=gin.REQUIRED, *, mixture_or_task_name: str =
-                 gin.REQUIRED, cf_embeddings_dir: Optional[str] = None):
+                 gin.REQUIRED, cf_embeddings_dir: Optional[str] = None,
+                 bert_dir: Optional[str] = None):
   """The ILM item encoder for the catalogue behind `mixture_or_task_name`.
 
   Args:
@@ -206,6 +252,9 @@ def item_encoder(config=gin.REQUIRED, *, mixture_or_task_name: str =
       SASRec) whose item embeddings become the collaborative features
       (frozen by the run gins); None = a learned ID table of `cf_dim`.
       Embeddings of another catalogue are refused (item-id checksum).
+    bert_dir: a Hugging Face BERT folder (e.g. `hf_bert.minilm_dir()`): the
+      text branch's sizes and vocabulary come from it (its weights are loaded
+      by `ILMAlignmentModel(bert_dir=...)` in phase 1).
   """
   import dataclasses  # pylint: disable=g-import-not-at-top
   from recjax.data.prepared import PreparedData  # pylint: disable=g-import-not-at-top
@@ -224,5 +273,13 @@ def item_encoder(config=gin.REQUIRED, *, mixture_or_task_name: str =
     changes['cf_dim'] = int(table.shape[1])
     changes['freeze_cf_table'] = True
     cf_init = _constant_init(table)
-  config = dataclasses.replace(config, **changes)
+  if bert_dir:
+    from recjax.checkpoints import hf_bert  # pylint: disable=g-import-not-at-top
+    keep = ('num_query_tokens', 'cf_dim', 'lm_emb_dim', 'contrastive_dim',
+            'cross_attention_freq', 'normalize_cf_features', 'dtype')
+    changes.pop('text_vocab_size')
+    config = hf_bert.item_encoder_config_from_bert(
+        bert_dir, **{**{k: getattr(config, k) for k in keep}, **changes})
+  else:
+    config = dataclasses.replace(config, **changes)
   return item_encoder_lib.ItemEncoder(config=config, cf_table_init=cf_init)

@@ -231,6 +231,15 @@ class SlotModel(model_api.BaseModel):
       raise AttributeError(name)
     return getattr(self.lm, name)
 
+  @property
+  def frozen_param_patterns(self) -> tuple:
+    """The slot module's parameters it never trains (e.g. a frozen CF table
+    inside an item encoder: `config.freeze_cf_table`)."""
+    config = getattr(self.slot_module, 'config', None)
+    if getattr(config, 'freeze_cf_table', False):
+      return (f'^{self.params_key}/cf_table/',)
+    return ()
+
   # -- parameters
   def split_params(self, params: PyTree) -> Tuple[PyTree, PyTree]:
     """(the LM's tree, the slot module's subtree)."""

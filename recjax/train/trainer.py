@@ -223,11 +223,15 @@ def lora_config(model: Any) -> Optional[lora_lib.LoraConfig]:
 
 def training_frozen_patterns(model: Any,
                              frozen_patterns: Sequence[str] = ()) -> tuple:
-  """`frozen_patterns` plus, with LoRA, every parameter but the adapters:
-  what `train` (and `recjax aot`, sizing the same step) freezes."""
+  """`frozen_patterns` plus, with LoRA, every parameter but the adapters,
+  plus the model's own `frozen_param_patterns`: what `train` (and `recjax
+  aot`, sizing the same step) freezes."""
   frozen = tuple(frozen_patterns or ())
   if lora_config(model) is not None:
     frozen += lora_lib.FROZEN_BASE_PATTERNS
+  # Parameters the model itself never trains (e.g. a recommender's item
+  # table inside ILM's encoder): frozen, so they cost no optimizer state.
+  frozen += tuple(getattr(model, 'frozen_param_patterns', ()) or ())
   return frozen
 
 
@@ -589,6 +593,11 @@ def train(*,
             file=sys.stderr)
     state = init_state(model, setup, partitioner, input_shapes, init_rng,
                        params)
+    pretrained = getattr(model, 'pretrained_params', None)
+    if params is None and pretrained is not None:
+      # e.g. ILM phase 1: a fresh encoder whose text branch is a BERT's
+      state = init_state(model, setup, partitioner, input_shapes, init_rng,
+                         pretrained(jax.device_get(state.params)))
     batches_consumed = 0
 
   step_fn = make_train_step(model, setup.tx, num_microbatches,
