@@ -97,9 +97,12 @@ class Runner:
     self.start = time.perf_counter()
     self.seconds: dict[str, float] = {}
 
-  def __call__(self, stage: str, args: list[str], done: pathlib.Path) -> None:
-    """`python -m recjax.main ARGS` unless --resume and `done` exists."""
-    if self.resume and done.exists():
+  def __call__(self, stage: str, args: list[str], done: pathlib.Path,
+               step: int | None = None) -> None:
+    """`python -m recjax.main ARGS`, unless --resume and `done` exists (and,
+    for an eval's metrics.json, was written for checkpoint step `step`)."""
+    if self.resume and done.exists() and (step is None or json.loads(
+        done.read_text(encoding="utf-8")).get("step") == step):
       print(f"[{stage}] kept {done} (--resume)", flush=True)
       return
     log = self.logs / f"{stage}.log"
@@ -221,7 +224,10 @@ def main(argv=None) -> int:
                  help="smoke run: " + ", ".join(f"{k}={v}"
                                                 for k, v in QUICK.items()))
   p.add_argument("--resume", action="store_true",
-                 help="keep the stages whose outputs exist in --workdir")
+                 help="keep the stages whose outputs for these steps exist in "
+                 "--workdir (after an interruption, or to train phase 2 "
+                 "further: training resumes from the latest checkpoint); "
+                 "other changed flags are not noticed")
   args = p.parse_args(argv)
   if args.quick:
     for k, v in QUICK.items():
@@ -334,11 +340,14 @@ def main(argv=None) -> int:
                                                            args.p2_steps))
     run("ilm_phase2_unaligned", phase2_args(p2u_dir, False),
         ckpt_done(p2u_dir, args.p2_steps))
-    ckpts = {"frozen_lm": lm_dir, "ilm": p2_dir, "ilm_unaligned": p2u_dir}
+    ckpts = {"frozen_lm": (lm_dir, args.lm_steps),
+             "ilm": (p2_dir, args.p2_steps),
+             "ilm_unaligned": (p2u_dir, args.p2_steps)}
     for v in VARIANTS:
       out, dataset = evals[v]
-      run(f"eval_{v}", eval_args(ckpts[v], out, f"{dataset}_rec",
-                                 v != "frozen_lm"), out / "metrics.json")
+      ckpt, step = ckpts[v]
+      run(f"eval_{v}", eval_args(ckpt, out, f"{dataset}_rec",
+                                 v != "frozen_lm"), out / "metrics.json", step)
   except StageError as e:
     print(str(e), flush=True)
     print(json.dumps({"error": str(e).splitlines()[0],
