@@ -168,6 +168,14 @@ class Checkpointer:
       raise CorruptCheckpointError(
           f'checkpoint step {step} ({self.step_dir(step)}) cannot be read: '
           f'{_reason(e)}') from e
+    missing = _missing_leaves(out[STATE], abstract_state)
+    if missing:
+      raise CorruptCheckpointError(
+          f'checkpoint step {step} ({self.step_dir(step)}) does not fit this '
+          f'run: it has no value for {len(missing)} leaves of the train state '
+          f'(e.g. {missing[0]}); it was written with other trainable '
+          'parameters (train.frozen_patterns), optimizer or model. Resume '
+          'with the same settings, or train into a new MODEL_DIR.')
     return out[STATE], out[DATA]
 
   def restore_latest(self, abstract_state: Any, max_tries: int = 3
@@ -243,6 +251,23 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _missing_leaves(restored: Any, target: Any) -> list[str]:
+  """Paths where `target` has an array but `restored` holds None.
+
+  Orbax restores an entry saved as an optax MaskedNode (a parameter frozen
+  when the step was saved) as None without complaint when the target now
+  wants an array there (the parameter trains now); the first train step
+  would then fail deep inside the optimizer.
+  """
+  def flat(tree):
+    return {jax.tree_util.keystr(p): v for p, v in
+            jax.tree_util.tree_flatten_with_path(
+                tree, is_leaf=lambda x: x is None)[0]}
+  want = flat(target)
+  return [k for k, v in flat(restored).items()
+          if v is None and want.get(k) is not None]
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
