@@ -46,8 +46,8 @@ returns the first item of a tokenisation), and with `--targets_length 24`
 the 6 titles longer than 23 tokens cannot be generated.
 
 Usage:
-  .venv/bin/python benchmarks/ilm_ml100k.py            # ~20 min on 2 cores
-  .venv/bin/python benchmarks/ilm_ml100k.py --quick    # ~5 min smoke run
+  .venv/bin/python benchmarks/ilm_ml100k.py            # ~15-18 min on 2 cores
+  .venv/bin/python benchmarks/ilm_ml100k.py --quick    # ~4 min smoke run
   .venv/bin/python benchmarks/ilm_ml100k.py --cf id --lm_steps 1000
 Outputs (logs of every command, checkpoints, eval dirs) go to --workdir.
 The last stdout line is one JSON object: {"frozen_lm": {...}, "ilm": {...},
@@ -76,7 +76,7 @@ VARIANTS = ("frozen_lm", "ilm", "ilm_unaligned")
 LABELS = {"frozen_lm": "frozen LM, titles only", "ilm": "ILM",
           "ilm_unaligned": "ILM, unaligned (no phase 1)"}
 METRICS = ("recall10", "ndcg10", "hit1")
-# About 5 min on 2 cores: mostly the ten commands' start-up and compiles.
+# About 4 min on 2 cores: mostly the ten commands' start-up and compiles.
 QUICK = dict(lm_steps=20, p1_steps=20, p2_steps=20, bpr_epochs=5,
              num_examples=32)
 
