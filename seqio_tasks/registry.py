@@ -308,9 +308,10 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
                           else output_features),
          metric_fns=list(METRIC_FNS.get(t, ())))
 
-  if manifest is not None:
-    registered.append(register_item_text(prepared_dir, f"{name}_{ITEM_TEXT_TASK}",
-                                         vocab))
+  item_text = f"{name}_{ITEM_TEXT_TASK}"
+  if manifest is not None and (
+      overwrite or item_text not in seqio.TaskRegistry.names()):
+    registered.append(register_item_text(prepared_dir, item_text, vocab))
 
   rates = {}
   for t in tasks:
