@@ -432,8 +432,8 @@ def report(rows: list, args, run: RunSetup) -> dict:
   print("ILM x = the ilm row's examples/s / this row's; paired = the median "
         "over repeats of this row's s/step / ilm's in the same repeat. "
         "trainable = parameters the optimizer updates (ILM: the item "
-        "encoder's query path, CF table and adapter; the LM and the "
-        "encoder's text branch are frozen by ilm_phase2.gin's patterns).")
+        "encoder's query path, CF table and adapter; the LM is frozen by "
+        "ilm_phase2.gin, and phase 2 builds no text branch).")
   get = lambda row, key: by[row][key] if row in by else None
   result = {
       "ilm_examples_per_s": get("ilm", "examples_per_s"),

@@ -23,7 +23,6 @@ from recjax.prompts import common, mlm
 from recjax.prompts.common import Example, PromptConfig
 
 TASK = "item_text"
-TEMPLATES = ("{text}",)
 ITEM_TEXT_MAX_WORDS = 32
 _NEIGHBOURS: dict[int, tuple] = {}
 _LOCK = threading.Lock()

@@ -32,6 +32,7 @@ import tensorflow as tf
 from recjax import slots
 from recjax.train import contrastive_losses
 from recjax.train import model_api
+from recjax.train import slot_model
 
 _Spec = seqio.FeatureConverter.FeatureSpec
 PARAMS_KEY = 'item_encoder'
@@ -104,7 +105,7 @@ class ILMAlignmentModel(model_api.BaseModel):
   @property
   def frozen_param_patterns(self) -> tuple:
     """A recommender's CF table is an input: never trained (no opt state)."""
-    return cf_table_patterns(self.module)
+    return slot_model.frozen_cf_table_patterns(self.module, PARAMS_KEY)
 
   def pretrained_params(self, params):
     """A fresh init's params with the BERT text branch loaded (host-side);
@@ -188,14 +189,6 @@ class ILMAlignmentModel(model_api.BaseModel):
   def soft_tokens(self, params, items: jax.Array) -> jax.Array:
     """[..., K, lm_emb_dim] soft tokens of 0-based items (phase 2's input)."""
     return self._apply(params, items, method='soft_tokens')
-
-
-def cf_table_patterns(module) -> tuple:
-  """The frozen pattern of an item encoder's CF table, if it is frozen."""
-  config = getattr(module, 'config', None)
-  if getattr(config, 'freeze_cf_table', False):
-    return (f'^{PARAMS_KEY}/cf_table/',)
-  return ()
 
 
 def prepared_dir_of_task(mixture_or_task_name: str):

@@ -40,29 +40,10 @@ def _need_slot_length(task_feature_lengths: Mapping[str, int]) -> None:
         f"{dict(task_feature_lengths)}.")
 
 
-class _SlotCheck:
-  """Asserts, per example and before packing, that trimming kept every slot."""
-  tokens_per_slot: int = 1
-
-  def _checked(self, ds: tf.data.Dataset) -> tf.data.Dataset:
-    from seqio_tasks import slots as slot_ops  # pylint: disable=g-import-not-at-top
-    k = self.tokens_per_slot
-
-    def check(ex):
-      with tf.control_dependencies([slot_ops.check_slots(
-          ex["inputs"], ex[_SLOT], k, type(self).__name__)]):
-        return {key: tf.identity(v) for key, v in ex.items()}
-
-    return ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-class SlotEncDecFeatureConverter(_SlotCheck, seqio.EncDecFeatureConverter):
-  """EncDecFeatureConverter that packs and passes `slot_items` along."""
-
-  TASK_FEATURES = dict(seqio.EncDecFeatureConverter.TASK_FEATURES,
-                       **{_SLOT: _Spec(dtype=tf.int32)})
-  MODEL_FEATURES = dict(seqio.EncDecFeatureConverter.MODEL_FEATURES,
-                        **{_SLOT: _Spec(dtype=tf.int32)})
+class _SlotConverter:
+  """What both slot converters add to SeqIO's: `tokens_per_slot`, the
+  `slot_items` model feature, and a per-example check, before packing, that
+  trimming kept every slot."""
 
   def __init__(self, *args, tokens_per_slot: int = 1, **kwargs):
     super().__init__(*args, **kwargs)
@@ -77,6 +58,26 @@ class SlotEncDecFeatureConverter(_SlotCheck, seqio.EncDecFeatureConverter):
     _need_slot_length(task_feature_lengths)
     return super()._convert_features(self._checked(ds), task_feature_lengths)
 
+  def _checked(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    from seqio_tasks import slots as slot_ops  # pylint: disable=g-import-not-at-top
+    k = self.tokens_per_slot
+
+    def check(ex):
+      with tf.control_dependencies([slot_ops.check_slots(
+          ex["inputs"], ex[_SLOT], k, type(self).__name__)]):
+        return {key: tf.identity(v) for key, v in ex.items()}
+
+    return ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class SlotEncDecFeatureConverter(_SlotConverter, seqio.EncDecFeatureConverter):
+  """EncDecFeatureConverter that packs and passes `slot_items` along."""
+
+  TASK_FEATURES = dict(seqio.EncDecFeatureConverter.TASK_FEATURES,
+                       **{_SLOT: _Spec(dtype=tf.int32)})
+  MODEL_FEATURES = dict(seqio.EncDecFeatureConverter.MODEL_FEATURES,
+                        **{_SLOT: _Spec(dtype=tf.int32)})
+
   def get_model_feature_lengths(self, task_feature_lengths):
     _need_slot_length(task_feature_lengths)
     lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
@@ -84,7 +85,8 @@ class SlotEncDecFeatureConverter(_SlotCheck, seqio.EncDecFeatureConverter):
     return lengths
 
 
-class SlotPrefixLMFeatureConverter(_SlotCheck, seqio.PrefixLMFeatureConverter):
+class SlotPrefixLMFeatureConverter(_SlotConverter,
+                                   seqio.PrefixLMFeatureConverter):
   """PrefixLMFeatureConverter that packs and passes `slot_items` along.
 
   The slots sit in the inputs part of the concatenated sequence, in order, so
@@ -95,10 +97,6 @@ class SlotPrefixLMFeatureConverter(_SlotCheck, seqio.PrefixLMFeatureConverter):
                        **{_SLOT: _Spec(dtype=tf.int32)})
   MODEL_FEATURES = dict(seqio.PrefixLMFeatureConverter.MODEL_FEATURES,
                         **{_SLOT: _Spec(dtype=tf.int32)})
-
-  def __init__(self, *args, tokens_per_slot: int = 1, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.tokens_per_slot = int(tokens_per_slot)
 
   @staticmethod
   def _without_slots(lengths):
@@ -115,15 +113,6 @@ class SlotPrefixLMFeatureConverter(_SlotCheck, seqio.PrefixLMFeatureConverter):
     lengths[_SLOT] = task_feature_lengths[_SLOT]
     return lengths
 
-  def _convert_example(self, features):
-    d = dict(super()._convert_example(features))
-    d[_SLOT] = features[_SLOT]
-    return d
-
-  def _convert_features(self, ds, task_feature_lengths):
-    _need_slot_length(task_feature_lengths)
-    return super()._convert_features(self._checked(ds), task_feature_lengths)
-
   def get_model_feature_lengths(self, task_feature_lengths):
     _need_slot_length(task_feature_lengths)
     lengths = dict(super().get_model_feature_lengths(
@@ -134,6 +123,15 @@ class SlotPrefixLMFeatureConverter(_SlotCheck, seqio.PrefixLMFeatureConverter):
 
 _CONVERTERS = {'encoder_decoder': SlotEncDecFeatureConverter,
                'decoder_only': SlotPrefixLMFeatureConverter}
+
+
+def frozen_cf_table_patterns(module: nn.Module, params_key: str) -> tuple:
+  """The pattern freezing an item encoder's CF table when its config says
+  the table is an input (`freeze_cf_table`: a recommender's embeddings)."""
+  config = getattr(module, 'config', None)
+  if getattr(config, 'freeze_cf_table', False):
+    return (f'^{params_key}/cf_table/',)
+  return ()
 
 
 def fill_slots(tokens: Array, slot_vectors: Array, slot_items: Array,
@@ -175,8 +173,6 @@ class SlotModel(model_api.BaseModel):
     tokens_per_slot: K, the soft tokens per item (must equal the prompts'
       `slots.tokens_per_slot.value`, the same gin macro in the run gins).
     params_key: the top-level parameter subtree of the slot module.
-    slot_init_args: extra positional inputs of `slot_module.init` after the
-      items (e.g. text tokens for an encoder whose `__call__` takes them).
     placeholder_id: the token id the LM is given at slot positions (its
       embedding is replaced; it only needs to be a real, non-padding id).
     slot_checkpoint_path: a recjax model dir whose params[params_key]
@@ -188,7 +184,6 @@ class SlotModel(model_api.BaseModel):
                slot_module: nn.Module = gin.REQUIRED, *,
                slot_method: str = 'soft_tokens', tokens_per_slot: int = 1,
                params_key: str = 'item_encoder',
-               init_call: Optional[str] = None,
                placeholder_id: int = 2,
                slot_checkpoint_path: Optional[str] = None):
     # Not BaseModel.__init__: module and vocabularies are the LM's (below).
@@ -197,7 +192,6 @@ class SlotModel(model_api.BaseModel):
     self.slot_method = slot_method
     self.tokens_per_slot = int(tokens_per_slot)
     self.params_key = params_key
-    self.init_call = init_call
     self.placeholder_id = int(placeholder_id)
     self.slot_checkpoint_path = slot_checkpoint_path or None
     lm_width = getattr(getattr(lm.module, 'config', None), 'emb_dim', None)
@@ -235,10 +229,7 @@ class SlotModel(model_api.BaseModel):
   def frozen_param_patterns(self) -> tuple:
     """The slot module's parameters it never trains (e.g. a frozen CF table
     inside an item encoder: `config.freeze_cf_table`)."""
-    config = getattr(self.slot_module, 'config', None)
-    if getattr(config, 'freeze_cf_table', False):
-      return (f'^{self.params_key}/cf_table/',)
-    return ()
+    return frozen_cf_table_patterns(self.slot_module, self.params_key)
 
   # -- parameters
   def split_params(self, params: PyTree) -> Tuple[PyTree, PyTree]:
@@ -251,12 +242,8 @@ class SlotModel(model_api.BaseModel):
     variables = self.lm.get_initial_variables(rng, shapes, input_types)
     slot_rng = jax.random.fold_in(rng, 7)
     items = jnp.zeros((1, 1), jnp.int32)
-    if self.init_call:
-      slot_vars = self.slot_module.init(slot_rng, items,
-                                        method=self.init_call)
-    else:
-      slot_vars = self.slot_module.init(slot_rng, items,
-                                        method=self.slot_method)
+    slot_vars = self.slot_module.init(slot_rng, items,
+                                      method=self.slot_method)
     params = dict(variables['params'])
     params[self.params_key] = slot_vars['params']
     return {**variables, 'params': params}
@@ -299,6 +286,3 @@ class SlotModel(model_api.BaseModel):
     batch, embeddings, mask = self._filled_batch(params, batch)
     return self.lm.loss_fn(params, batch, dropout_rng, normalizer,
                            input_embeddings=embeddings, embedding_mask=mask)
-
-  def eval_fn(self, params, batch):
-    return self.loss_fn(params, batch, dropout_rng=None)
