@@ -21,11 +21,17 @@ from __future__ import annotations
 import re
 
 SLOT_MARKER = "<item_slot>"
+# RSLLM's user slot: a prompt writes `USER_MARKER` after the history; it
+# becomes a plain slot whose `slot_items` entry is `USER_SLOT_ITEM` (above
+# every catalogue index + 1), and the slot module fills it from the items
+# slotted before it in the row (the history): SASRec's sequence state.
+USER_MARKER = "<user_slot>"
+USER_SLOT_ITEM = 2**30
 SLOT_TOKEN_ID = 2**31 - 1
 SLOT_FEATURE = "slot_items"
 # Prompts write `<item_slot:INDEX>`; `strip_slot_indices` turns that into the
 # plain marker plus the `slot_items` feature when the example is built.
-_INDEXED_MARKER = re.compile(r"<item_slot:(\d+)>")
+_INDEXED_MARKER = re.compile(r"<item_slot:(\d+)>|<user_slot>")
 SLOT_MODES = ("none", "replace", "append")
 
 
@@ -35,8 +41,10 @@ def indexed_marker(index: int) -> str:
 
 
 def strip_slot_indices(text: str) -> tuple[str, list[int]]:
-  """(text with plain markers, slot_items = [index + 1 for each marker])."""
-  if "<item_slot:" not in text:  # the common case: no slots, no regex
-    return text, []
-  items = [int(m) + 1 for m in _INDEXED_MARKER.findall(text)]
+  """(text with plain markers, slot_items = [index + 1 for each marker];
+  USER_SLOT_ITEM for a user marker])."""
+  if "<item_slot:" not in text and USER_MARKER not in text:
+    return text, []  # the common case: no slots, no regex
+  items = [int(m) + 1 if m else USER_SLOT_ITEM
+           for m in _INDEXED_MARKER.findall(text)]
   return _INDEXED_MARKER.sub(SLOT_MARKER, text), items

@@ -13,6 +13,9 @@ Output directory (written atomically):
                            int64 [num_eval_users]: prepared user indices of
                            those rows
   embeddings.json          format description (see README.md)
+  model.msgpack            SASRec only: the trained parameters (flax msgpack),
+                           their config in embeddings.json["model_config"]
+                           (RSLLM's user slot runs the model; `load_model`)
 """
 from __future__ import annotations
 
@@ -82,6 +85,13 @@ def write_result(result: common.BaselineResult, data: PreparedData,
         "item_order": "prepared items.jsonl index order",
         "files": files,
     }
+    if result.model_state is not None:
+      from flax import serialization  # pylint: disable=g-import-not-at-top
+      config, params = result.model_state
+      (tmp / "model.msgpack").write_bytes(serialization.msgpack_serialize(
+          jax_tree_to_numpy(params)))
+      meta["model_config"] = dict(config)
+      meta["files"]["model"] = {"file": "model.msgpack", "format": "flax msgpack"}
     _write_json(tmp / "embeddings.json", meta)
     _write_json(tmp / "metrics.json", {
         "model": result.model, "dataset": data.name, "data_dir": data_dir,
@@ -135,6 +145,29 @@ def load_embeddings(output_dir: str | os.PathLike,
       out[f"user_embeddings_{split}"] = np.load(d / f"user_embeddings_{split}.npy")
       out[f"user_index_{split}"] = np.load(d / f"user_index_{split}.npy")
   return out
+
+
+def load_model(output_dir: str | os.PathLike,
+               data: PreparedData | None = None) -> tuple[dict[str, Any], Any]:
+  """(model config dict, params) of a baseline that saved its model (SASRec);
+  refuses, as `load_embeddings`, another catalogue, naming the files."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  d = pathlib.Path(output_dir)
+  meta = load_embeddings(d, data)["meta"]
+  if "model_config" not in meta or not (d / "model.msgpack").is_file():
+    raise ValueError(
+        f"{d}: no saved model (model.msgpack); it is written by `recjax "
+        f"baseline --model=sasrec` (this is a {meta.get('model')!r} output, "
+        "or one written before models were saved: re-run the baseline)")
+  params = serialization.msgpack_restore((d / "model.msgpack").read_bytes())
+  return meta["model_config"], params
+
+
+def jax_tree_to_numpy(tree: Any) -> Any:
+  """Nested dicts of arrays -> the same of numpy arrays (msgpack-ready)."""
+  if isinstance(tree, dict):
+    return {k: jax_tree_to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:

@@ -204,6 +204,9 @@ class BaselineResult:
   # split -> (user indices [E], embeddings [E, dim]) scored against items.
   user_embeddings: dict[str, tuple[np.ndarray, np.ndarray]]
   seconds: float = 0.0
+  # The whole trained model, for methods that run it (RSLLM's user slot runs
+  # SASRec over each prompt's history): (config dict, params pytree).
+  model_state: tuple[dict[str, Any], Any] | None = None
 
 
 class Timer:

@@ -274,4 +274,5 @@ def train_sasrec(data, *, seed: int = 0, epochs: int | None = None,
       model="sasrec", hparams=hp, metrics=metrics, history=fit.history,
       epochs_run=fit.epochs_run, best_epoch=fit.best_epoch,
       item_embeddings=np.asarray(best_params["item_embedding"][1:], np.float32),
-      user_embeddings=user_emb, seconds=timer())
+      user_embeddings=user_emb, seconds=timer(),
+      model_state=(dataclasses.asdict(cfg), jax.device_get(best_params)))

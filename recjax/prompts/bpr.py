@@ -41,7 +41,7 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
     if rng.random() < 0.5:
       pair.reverse()
     tid = common.pick_template(rng, len(TEMPLATES), config)
-    inputs = TEMPLATES[tid].format(history=common.history_text(ctx, hist),
+    inputs = TEMPLATES[tid].format(history=common.user_history_text(ctx, hist),
                                    a=ctx.mentions[pair[0]],
                                    b=ctx.mentions[pair[1]])
     return common.example(inputs, ctx.targets[pos], TASK, tid,

@@ -64,6 +64,10 @@ class PromptConfig:
       `recjax.slots`): 'none'; 'replace' (each item mention in an input is a
       slot marker alone); 'append' (the mention as `item_format` says, then
       the marker). Targets are unchanged; records gain `slot_items`.
+    user_slot: RSLLM's user slot: a user marker after each history (retrieval,
+      ranking, rating, BPR, conversation), filled with the recommender's
+      state after the history's slotted items (`recjax.slots.USER_MARKER`).
+      Needs item_slots != 'none'.
   """
   item_format: str = "title_id"
   max_history: int = 20
@@ -82,6 +86,7 @@ class PromptConfig:
   ie_directions: str = "both"
   template: int | None = None
   item_slots: str = "none"
+  user_slot: bool = False
 
   def __post_init__(self):
     if self.item_format not in ITEM_FORMATS:
@@ -99,6 +104,9 @@ class PromptConfig:
     if self.item_slots not in slots.SLOT_MODES:
       raise ValueError(f"item_slots {self.item_slots!r} not in "
                        f"{slots.SLOT_MODES}")
+    if self.user_slot and self.item_slots == "none":
+      raise ValueError("user_slot needs item_slots=replace|append: the user "
+                       "slot is filled from the history's slotted items")
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -187,6 +195,7 @@ class Context:
   mentions: list[str]
   targets: list[str]
   rating_scale: tuple[int, int]
+  user_suffix: str = ""  # after a history: " <user_slot>" with user_slot
 
   @classmethod
   def build(cls, data: PreparedData, config: PromptConfig) -> "Context":
@@ -201,7 +210,8 @@ class Context:
                mentions=[slotted_mention(n, i, t, fmt, config.item_slots)
                          for n, (i, t) in enumerate(zip(ids, titles))],
                targets=[target_text(i, t, fmt) for i, t in zip(ids, titles)],
-               rating_scale=(lo, hi))
+               rating_scale=(lo, hi),
+               user_suffix=f" {slots.USER_MARKER}" if config.user_slot else "")
 
 
 _CACHE: dict[tuple[int, PromptConfig], tuple[Any, Context]] = {}
@@ -232,6 +242,12 @@ def pick(table: Sequence[str], indices: Sequence[int]) -> list[str]:
 
 def history_text(ctx: Context, items: Sequence[int]) -> str:
   return "; ".join(pick(ctx.mentions, items))
+
+
+def user_history_text(ctx: Context, items: Sequence[int]) -> str:
+  """A user's history as a prompt shows it: the mentions, then the user slot
+  when the config asks for one."""
+  return history_text(ctx, items) + ctx.user_suffix
 
 
 @functools.lru_cache(maxsize=4096)

@@ -258,7 +258,7 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
   table = attributes(data)
   for c in cases(data, split, config, seed, shard=shard):
     inputs = TEMPLATES[c.template].format(
-        history=common.history_text(ctx, c.history),
+        history=common.user_history_text(ctx, c.history),
         suggestion=ctx.mentions[c.suggestion],
         refinement=table.text(c.target, c.refinement))
     yield common.example(inputs, ctx.targets[c.target], TASK, c.template,

@@ -41,7 +41,7 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
     cands.insert(int(rng.integers(len(cands) + 1)), target)
     tid = common.pick_template(rng, len(TEMPLATES), config)
     inputs = TEMPLATES[tid].format(
-        history=common.history_text(ctx, hist),
+        history=common.user_history_text(ctx, hist),
         candidates=common.history_text(ctx, cands))
     return common.example(inputs, ctx.targets[target], TASK, tid,
                           target_item=ctx.ids[target],

@@ -41,7 +41,8 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
 
   def make(rng, text: str, target: int, rating: float) -> Example:
     tid = common.pick_template(rng, len(TEMPLATES), config)
-    inputs = TEMPLATES[tid].format(history=text, item=m[target], lo=lo, hi=hi)
+    inputs = TEMPLATES[tid].format(history=text + ctx.user_suffix,
+                                   item=m[target], lo=lo, hi=hi)
     return common.example(inputs, common.format_rating(rating), TASK, tid,
                           target_item=ctx.ids[target], rating=rating)
 

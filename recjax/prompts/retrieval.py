@@ -52,11 +52,12 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
             positions)
       ms = common.pick(ctx.mentions, seq)  # each mention formatted once
       for t, tid in zip(positions, templates):
-        yield make(tid, "; ".join(ms[max(0, t - h):t]), seq[t])
+        yield make(tid, "; ".join(ms[max(0, t - h):t]) + ctx.user_suffix,
+                   seq[t])
     else:
       case = common.held_out_case(data, split, u, h)
       if case is None:
         continue
       tid = common.pick_template(rng, len(TEMPLATES), config)
-      yield make(tid, common.history_text(ctx, case.history.tolist()),
+      yield make(tid, common.user_history_text(ctx, case.history.tolist()),
                  case.target)

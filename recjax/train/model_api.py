@@ -101,8 +101,12 @@ class TokenLossModel(BaseModel):
 
   @abc.abstractmethod
   def _compute_logits(self, params, batch, dropout_rng, *,
-                      input_embeddings=None, embedding_mask=None) -> Array:
+                      input_embeddings=None, embedding_mask=None,
+                      **apply_kwargs) -> Array:
     """Teacher-forced logits [B, T, V] for the batch's targets.
+
+    `apply_kwargs` go to the module's `apply` (e.g. `capture_intermediates`
+    and `mutable`, which make it return (logits, state)).
 
     input_embeddings [B, L, emb] (with embedding_mask [B, L]) replace the
     embeddings of the prompt tokens (the encoder's inputs, or the decoder-only
@@ -137,6 +141,12 @@ class TokenLossModel(BaseModel):
     logits = self._compute_logits(params, batch, dropout_rng,
                                   input_embeddings=input_embeddings,
                                   embedding_mask=embedding_mask)
+    return self.token_loss(logits, batch, normalizer)
+
+  def token_loss(self, logits, batch, normalizer):
+    """(loss, metrics) of teacher-forced `logits` against the batch's
+    targets: `loss_fn` after the forward pass (models adding terms to the
+    LM loss call it with their own forward)."""
     logits = logits.astype(jnp.float32)
     targets = batch['decoder_target_tokens']
     weights = self._weights(batch)
@@ -185,7 +195,8 @@ class EncoderDecoderModel(TokenLossModel):
     return self.module.init(rngs, enc, dec, tgt, enable_dropout=False)
 
   def _compute_logits(self, params, batch, dropout_rng, *,
-                      input_embeddings=None, embedding_mask=None):
+                      input_embeddings=None, embedding_mask=None,
+                      **apply_kwargs):
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
         {'params': params},
@@ -199,7 +210,7 @@ class EncoderDecoderModel(TokenLossModel):
         input_embeddings=input_embeddings,
         embedding_mask=embedding_mask,
         enable_dropout=dropout_rng is not None,
-        rngs=rngs)
+        rngs=rngs, **apply_kwargs)
 
   def _num_tokens(self, batch):
     return (jnp.sum(batch['encoder_input_tokens'] > 0) +
@@ -277,7 +288,8 @@ class DecoderOnlyModel(TokenLossModel):
     return jnp.where(first & (tokens == 0), bos, tokens)
 
   def _compute_logits(self, params, batch, dropout_rng, *,
-                      input_embeddings=None, embedding_mask=None):
+                      input_embeddings=None, embedding_mask=None,
+                      **apply_kwargs):
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
     positions = batch.get('decoder_positions')
     causal = (batch.get('decoder_causal_attention')
@@ -294,7 +306,7 @@ class DecoderOnlyModel(TokenLossModel):
         input_embeddings=input_embeddings,
         embedding_mask=embedding_mask,
         enable_dropout=dropout_rng is not None,
-        rngs=rngs)
+        rngs=rngs, **apply_kwargs)
 
 
 def vocabulary_bos_id(vocabulary: Optional[seqio.Vocabulary]) -> int:

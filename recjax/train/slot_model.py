@@ -242,16 +242,24 @@ class SlotModel(model_api.BaseModel):
     variables = self.lm.get_initial_variables(rng, shapes, input_types)
     slot_rng = jax.random.fold_in(rng, 7)
     items = jnp.zeros((1, 1), jnp.int32)
-    slot_vars = self.slot_module.init(slot_rng, items,
-                                      method=self.slot_method)
+    # A module whose method leaves parameters unused (RSLLM's user head)
+    # initialises through its __call__.
+    method = (None if getattr(self.slot_module, 'init_with_call', False)
+              else self.slot_method)
+    slot_vars = self.slot_module.init(slot_rng, items, method=method)
     params = dict(variables['params'])
     params[self.params_key] = slot_vars['params']
     return {**variables, 'params': params}
 
   # -- the fill
   def slot_vectors(self, params: PyTree, slot_items: Array) -> Array:
-    """[B, S, K, emb] for slot_items [B, S] (index + 1; 0 = padding)."""
-    items = jnp.maximum(slot_items.astype(jnp.int32) - 1, 0)
+    """[B, S, K, emb] for slot_items [B, S] (index + 1; 0 = padding).
+
+    The module gets 0-based indices, or the values as they are when it says
+    `raw_slot_items` (it tells padding and user slots apart itself)."""
+    items = slot_items.astype(jnp.int32)
+    if not getattr(self.slot_module, 'raw_slot_items', False):
+      items = jnp.maximum(items - 1, 0)
     return self.slot_module.apply({'params': params[self.params_key]}, items,
                                   method=self.slot_method)
 

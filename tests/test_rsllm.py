@@ -1,0 +1,346 @@
+"""RSLLM: user slots in prompts, the hybrid projector over a frozen SASRec,
+the two InfoNCE losses, and training on the 8-device mesh."""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+
+from recjax import slots
+from recjax.baselines import cli as baselines_cli
+from recjax.models import decoder_only
+from recjax.models import hybrid
+from recjax.models import lora as lora_lib
+from recjax.models import t5
+from recjax.models.sasrec import SASRec, SASRecConfig
+from recjax.prompts import PromptConfig
+from recjax.prompts import common
+from recjax.prompts.export import write_task_files
+from recjax.train import model_api
+from recjax.train import optimizers
+from recjax.train import rsllm_model
+from recjax.train import test_utils
+from recjax.train import trainer
+from seqio_tasks import registry
+from tiny_data import tiny_data
+
+K = 2
+WIDTH = 16
+LENGTHS = {"inputs": 160, "targets": 12, "slot_items": 16}
+T5_CFG = t5.T5Config(vocab_size=512, emb_dim=WIDTH, num_heads=2,
+                     num_encoder_layers=1, num_decoder_layers=1, head_dim=8,
+                     mlp_dim=32, dtype="float32")
+DEC_CFG = decoder_only.DecoderOnlyConfig(
+    vocab_size=512, emb_dim=WIDTH, num_heads=2, num_kv_heads=1, head_dim=8,
+    num_layers=1, mlp_dim=32, dtype="float32")
+TASK = "trsllm_retrieval"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  data = tiny_data()
+  d = tmp_path_factory.mktemp("rsllm") / "prepared"
+  data.save(d)
+  write_task_files(data, d, config=PromptConfig(
+      num_negatives=4, max_history=4, item_format="title",
+      item_slots="append", user_slot=True), vocab_size=400, num_shards=1,
+                   tasks=("retrieval", "ranking"))
+  registry.register_prepared(d, dataset_name="trsllm")
+  sasrec_dir = tmp_path_factory.mktemp("sasrec") / "out"
+  result = baselines_cli.train_baseline("sasrec", data, epochs=1, log=None,
+                                        hidden=8, inner=16, max_len=8)
+  baselines_cli.write_result(result, data, sasrec_dir)
+  gin.clear_config()
+  gin.parse_config(f"slots.tokens_per_slot.value = {K}")
+  yield d, data, sasrec_dir
+  gin.clear_config()
+
+
+def _lm(arch, lora=None):
+  if arch == "encoder_decoder":
+    cfg = T5_CFG if lora is None else dataclasses.replace(T5_CFG, lora=lora)
+    return model_api.EncoderDecoderModel(model_api.t5_transformer(cfg))
+  cfg = DEC_CFG if lora is None else dataclasses.replace(DEC_CFG, lora=lora)
+  return model_api.DecoderOnlyModel(
+      model_api.decoder_only_transformer(cfg), bos_id=-1)
+
+
+def _model(arch, sasrec_dir, *, lora=None, **kwargs):
+  projector = rsllm_model.rsllm_projector(
+      hybrid.HybridProjectorConfig(lm_emb_dim=WIDTH, tokens_per_slot=K),
+      mixture_or_task_name=TASK, sasrec_dir=str(sasrec_dir))
+  titles = rsllm_model.item_title_tokens(TASK, max_tokens=6)
+  return rsllm_model.RSLLMModel(_lm(arch, lora), projector, tokens_per_slot=K,
+                                item_titles=titles, **kwargs)
+
+
+def _batches(model, n=2, batch=8):
+  conv = model.feature_converter_cls(pack=False)
+  ds = seqio.get_dataset(TASK, task_feature_lengths=LENGTHS,
+                         dataset_split="train", shuffle=False,
+                         feature_converter=conv)
+  return [{k: np.array(v) for k, v in b.items()}
+          for b in ds.batch(batch, drop_remainder=True).take(n)
+          .as_numpy_iterator()]
+
+
+def _shapes(model):
+  conv = model.feature_converter_cls(pack=False)
+  return {k: (1, v) for k, v in conv.get_model_feature_lengths(
+      LENGTHS).items()}
+
+
+def _init(model):
+  return nn.unbox(model.get_initial_variables(jax.random.PRNGKey(0),
+                                              _shapes(model))["params"])
+
+
+# ---------------------------------------------------------------- prompts
+def test_user_slot_follows_the_history():
+  data = tiny_data()
+  cfg = PromptConfig(item_slots="append", user_slot=True, item_format="title")
+  ctx = common.context(data, cfg)
+  ex = common.example(common.user_history_text(ctx, [5, 0]) + " then "
+                      + common.history_text(ctx, [7]), "t", "ranking", 0)
+  assert ex["slot_items"] == [6, 1, slots.USER_SLOT_ITEM, 8]
+  assert ex["inputs"].count(slots.SLOT_MARKER) == 4
+  assert "Thing 5" in ex["inputs"]
+  with pytest.raises(ValueError, match="user_slot needs item_slots"):
+    PromptConfig(user_slot=True)
+
+
+def test_prepared_records_carry_the_user_slot(prepared):
+  del prepared
+  task = seqio.get_mixture_or_task(TASK)
+  for ex in task.get_dataset(LENGTHS, split="train", shuffle=False).take(5):
+    items = ex["slot_items"].numpy().tolist()
+    assert items.count(slots.USER_SLOT_ITEM) == 1
+    assert items[-1] == slots.USER_SLOT_ITEM  # retrieval: after the history
+
+
+# -------------------------------------------------------------- projector
+def test_user_slot_is_sasrecs_state_after_the_history(prepared):
+  _, _, sasrec_dir = prepared
+  config, values = baselines_cli.load_model(sasrec_dir)
+  rc = SASRecConfig(**config)
+  proj = hybrid.HybridProjector(
+      hybrid.HybridProjectorConfig(lm_emb_dim=WIDTH, tokens_per_slot=K), rc,
+      recommender_values=lambda: values)
+  u = slots.USER_SLOT_ITEM
+  rows = jnp.array([[4, 9, 2, u, 30, 31], [u, 7, 0, 0, 0, 0]], jnp.int32)
+  params = nn.unbox(proj.init(jax.random.PRNGKey(0), rows)["params"])
+  # the frozen subtree is the saved SASRec, bit for bit
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         params["recommender"], values)
+  got = proj.apply({"params": params}, rows, method="user_vectors")
+  want = SASRec(rc).apply({"params": values}, jnp.array([[4, 9, 2]]),
+                          jnp.array([3]), method=SASRec.encode)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  np.testing.assert_array_equal(got[1], 0.0)  # no history before the slot
+  tokens = proj.apply({"params": params}, rows, method="soft_tokens")
+  assert tokens.shape == (2, 6, K, WIDTH)
+  np.testing.assert_allclose(
+      tokens[0, 3], proj.apply({"params": params}, got[0], method="project"),
+      rtol=1e-6)
+  np.testing.assert_allclose(
+      tokens[0, 4], proj.apply({"params": params},
+                               jnp.asarray(values["item_embedding"][30]),
+                               method="project"), rtol=1e-6)
+
+
+def test_sasrec_of_another_catalogue_is_refused(prepared, tmp_path):
+  d, data, _ = prepared
+  other = tiny_data(n_items=81)
+  result = baselines_cli.train_baseline("sasrec", other, epochs=1, log=None,
+                                        hidden=8, inner=16, max_len=8)
+  baselines_cli.write_result(result, other, tmp_path / "other")
+  with pytest.raises(ValueError, match="another catalogue") as e:
+    rsllm_model.rsllm_projector(
+        hybrid.HybridProjectorConfig(lm_emb_dim=WIDTH, tokens_per_slot=K),
+        mixture_or_task_name=TASK, sasrec_dir=str(tmp_path / "other"))
+  assert str(d) in str(e.value)
+  bpr = baselines_cli.train_baseline("bpr", data, epochs=1, log=None)
+  baselines_cli.write_result(bpr, data, tmp_path / "bpr")
+  with pytest.raises(ValueError, match="no saved model"):
+    rsllm_model.rsllm_projector(
+        hybrid.HybridProjectorConfig(lm_emb_dim=WIDTH, tokens_per_slot=K),
+        mixture_or_task_name=TASK, sasrec_dir=str(tmp_path / "bpr"))
+
+
+def test_projector_width_and_slot_count_mismatches_are_refused(prepared):
+  _, _, sasrec_dir = prepared
+  projector = rsllm_model.rsllm_projector(
+      hybrid.HybridProjectorConfig(lm_emb_dim=WIDTH * 2, tokens_per_slot=K),
+      mixture_or_task_name=TASK, sasrec_dir=str(sasrec_dir))
+  with pytest.raises(ValueError, match="width 32"):
+    rsllm_model.RSLLMModel(_lm("encoder_decoder"), projector,
+                           tokens_per_slot=K, id_text_weight=0)
+  projector = rsllm_model.rsllm_projector(
+      hybrid.HybridProjectorConfig(lm_emb_dim=WIDTH, tokens_per_slot=1),
+      mixture_or_task_name=TASK, sasrec_dir=str(sasrec_dir))
+  with pytest.raises(ValueError, match="1 vectors per slot"):
+    rsllm_model.RSLLMModel(_lm("encoder_decoder"), projector,
+                           tokens_per_slot=K, id_text_weight=0)
+
+
+def test_slots_cut_by_the_input_length_are_refused(prepared):
+  _, _, sasrec_dir = prepared
+  model = _model("encoder_decoder", sasrec_dir)
+  conv = model.feature_converter_cls(pack=False)
+  ds = seqio.get_dataset(TASK, task_feature_lengths=dict(LENGTHS, inputs=20),
+                         dataset_split="train", shuffle=False,
+                         feature_converter=conv)
+  with pytest.raises(Exception, match="slot"):
+    next(ds.as_numpy_iterator())
+
+
+# ----------------------------------------------------------------- losses
+def _l2n(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _nce_rows(logits, targets):
+  """Mean over rows of -sum(targets * log_softmax(logits))."""
+  z = logits - logits.max(1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+  return float(np.mean(-(targets * logp).sum(1)))
+
+
+def test_id_text_infonce_equals_the_hand_computed_value(prepared):
+  _, _, sasrec_dir = prepared
+  model = _model("encoder_decoder", sasrec_dir, temperature=0.5)
+  params = _init(model)
+  # items 3, 5, 3 (a duplicate: a positive, never a negative) and padding
+  slot_items = jnp.array([[4, 6], [4, 0]], jnp.int32)
+  got = float(model.id_text_loss(params, slot_items))
+  emb = np.asarray(params["token_embedder"]["embedding"])
+  proj = model.slot_module
+  rp = {"params": params["rsllm"]}
+  ids = np.array([4, 6, 4])
+  idv = np.stack([np.asarray(proj.apply(rp, jnp.array([i]),
+                                        method="soft_tokens"))[0].mean(0)
+                  for i in ids])
+  tv = []
+  for i in ids:
+    t = model.item_titles[i - 1]
+    tv.append(emb[t[t > 0]].mean(0))
+  tv = np.stack(tv)
+  logits = _l2n(idv) @ _l2n(tv).T / 0.5
+  pos = (ids[:, None] == ids[None, :]).astype(float)
+  tgt = pos / pos.sum(1, keepdims=True)
+  want = (_nce_rows(logits, tgt) + _nce_rows(logits.T, tgt)) / 2
+  assert got == pytest.approx(want, rel=1e-5)
+  assert want > 0
+
+
+@pytest.mark.parametrize("arch", ["encoder_decoder", "decoder_only"])
+def test_user_item_infonce_equals_the_hand_computed_value(prepared, arch):
+  _, _, sasrec_dir = prepared
+  model = _model(arch, sasrec_dir, temperature=0.2)
+  params = _init(model)
+  batch = _batches(model, n=1, batch=4)[0]
+  # rows 0 and 2 share a target: each is the other's positive
+  for key in [k for k in batch if k.startswith("decoder_")]:
+    batch[key][2] = batch[key][0]
+  filled, emb, mask = model._filled_batch(params, batch)
+  _, hidden = model._logits_and_hidden(params, filled, None, emb, mask)
+  got = float(model.user_item_loss(params, filled, hidden))
+  hidden = np.asarray(hidden)
+  weights = np.asarray(model.lm._weights(filled)) > 0
+  if arch == "encoder_decoder":
+    m = batch["encoder_input_tokens"] > 0
+    pooled = (hidden * m[..., None]).sum(1) / m.sum(1, keepdims=True)
+  else:
+    pooled = np.stack([h[np.argmax(w)] for h, w in zip(hidden, weights)])
+  query = np.asarray(model.slot_module.apply(
+      {"params": params["rsllm"]}, jnp.asarray(pooled), method="user_query"))
+  table = np.asarray(params["token_embedder"]["embedding"])
+  tgt_tokens = np.where(weights, batch["decoder_target_tokens"], 0)
+  target = np.stack([table[t[t > 0]].mean(0) for t in tgt_tokens])
+  logits = _l2n(query) @ _l2n(target).T / 0.2
+  same = np.all(tgt_tokens[:, None] == tgt_tokens[None], -1).astype(float)
+  assert same[0, 2] == 1 and same.sum() == 6
+  want = _nce_rows(logits, same / same.sum(1, keepdims=True))
+  assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["encoder_decoder", "decoder_only"])
+def test_without_id_slots_it_is_the_text_model(prepared, arch):
+  _, _, sasrec_dir = prepared
+  model = _model(arch, sasrec_dir, user_item_weight=0.0)
+  params = _init(model)
+  batch = _batches(model, n=1)[0]
+  text = {k: v for k, v in batch.items() if k != slots.SLOT_FEATURE}
+  text_key = ("encoder_input_tokens" if arch == "encoder_decoder"
+              else "decoder_input_tokens")
+  text[text_key] = np.where(text[text_key] == slots.SLOT_TOKEN_ID, 2,
+                            text[text_key])
+  if arch == "decoder_only":
+    text["decoder_target_tokens"] = np.where(
+        text["decoder_target_tokens"] == slots.SLOT_TOKEN_ID, 2,
+        text["decoder_target_tokens"])
+  lm_params, _ = model.split_params(params)
+  want, _ = model.lm.loss_fn(lm_params, text, None)
+  got, metrics = model.loss_fn(params, text, None)
+  assert float(got) == float(want)
+  assert set(metrics) >= {"lm_loss"} and "id_text_loss" not in metrics
+  # ...and with slots its loss differs (the slots are read)
+  with_slots, _ = model.loss_fn(params, batch, None)
+  assert float(with_slots) != float(want)
+
+
+def test_packed_batches_are_refused(prepared):
+  _, _, sasrec_dir = prepared
+  model = _model("encoder_decoder", sasrec_dir)
+  params = _init(model)
+  batch = dict(_batches(model, n=1)[0])
+  batch["encoder_segment_ids"] = np.ones_like(batch["encoder_input_tokens"])
+  with pytest.raises(ValueError, match="unpacked"):
+    model.loss_fn(params, batch, None)
+
+
+# --------------------------------------------------------------- training
+def test_stage2_trains_the_projector_and_lora_on_the_mesh(prepared):
+  """Gradients reach the projector; SASRec and the LoRA base stay bit-
+  identical; the (2, 4) mesh equals one device."""
+  _, _, sasrec_dir = prepared
+  lora = lora_lib.LoraConfig(rank=2)
+  model = _model("encoder_decoder", sasrec_dir, lora=lora)
+  batches = _batches(model, n=2)
+  shapes = _shapes(model)
+  frozen = trainer.training_frozen_patterns(model)
+  assert any("rsllm/" in f for f in frozen)
+  tx = lambda: optimizers.adafactor(learning_rate=lambda _: 0.05)
+  m1, s1, p0 = test_utils.run_train_steps(model, (1, 1), tx, batches, shapes,
+                                          frozen_patterns=frozen)
+  m8, s8, _ = test_utils.run_train_steps(model, (2, 4), tx, batches, shapes,
+                                         frozen_patterns=frozen)
+  for a, b in zip(m1, m8):
+    for k in ("loss", "lm_loss", "user_item_loss", "id_text_loss",
+              "grad_norm"):
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-4, err_msg=k)
+  assert m8[0]["user_item_loss"] > 0 and m8[0]["id_text_loss"] > 0
+  final = jax.device_get(s8.params)
+  base0, _ = lora_lib.split_lora(model.split_params(p0)[0])
+  base1, adapters1 = lora_lib.split_lora(model.split_params(final)[0])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, base0, base1)
+  _, adapters0 = lora_lib.split_lora(model.split_params(p0)[0])
+  assert any(float(np.abs(a - b).max()) > 0 for a, b in zip(
+      jax.tree_util.tree_leaves(adapters0),
+      jax.tree_util.tree_leaves(adapters1)))
+  proj0, proj1 = p0["rsllm"], final["rsllm"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         proj0["recommender"], proj1["recommender"])
+  for name in ("mlp_in", "mlp_out", "user_head"):
+    assert float(np.abs(proj1[name]["kernel"] - proj0[name]["kernel"]).max()
+                 ) > 0, name
+  np.testing.assert_allclose(
+      proj1["mlp_out"]["kernel"],
+      jax.device_get(s1.params)["rsllm"]["mlp_out"]["kernel"], rtol=1e-4,
+      atol=1e-6)
