@@ -57,13 +57,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -71,6 +68,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recjax.infer.metrics import rank_of  # noqa: E402  (pure numpy)
+# Shared with rsllm_lastfm.py (benchmarks/ is sys.path[0] when run as a script).
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _cli_runs import (Runner, StageError, mean_se,  # noqa: E402
+                       paired_diff, read_rows)
 
 VARIANTS = ("frozen_lm", "ilm", "ilm_unaligned")
 LABELS = {"frozen_lm": "frozen LM, titles only", "ilm": "ILM",
@@ -81,62 +82,7 @@ QUICK = dict(lm_steps=20, p1_steps=20, p2_steps=20, bpr_epochs=5,
              num_examples=32)
 
 
-class StageError(RuntimeError):
-  pass
-
-
-class Runner:
-  """Runs `recjax` sub-commands, one log file each, and reports progress."""
-
-  def __init__(self, workdir: pathlib.Path, env: dict, resume: bool):
-    self.workdir = workdir
-    self.logs = workdir / "logs"
-    self.logs.mkdir(parents=True, exist_ok=True)
-    self.env = env
-    self.resume = resume
-    self.start = time.perf_counter()
-    self.seconds: dict[str, float] = {}
-
-  def __call__(self, stage: str, args: list[str], done: pathlib.Path,
-               step: int | None = None) -> None:
-    """`python -m recjax.main ARGS`, unless --resume and `done` exists (and,
-    for an eval's metrics.json, was written for checkpoint step `step`)."""
-    if self.resume and done.exists() and (step is None or json.loads(
-        done.read_text(encoding="utf-8")).get("step") == step):
-      print(f"[{stage}] kept {done} (--resume)", flush=True)
-      return
-    log = self.logs / f"{stage}.log"
-    cmd = [sys.executable, "-m", "recjax.main", *args]
-    print(f"[{stage}] recjax {args[0]} (log: {log})", flush=True)
-    t = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as f:
-      f.write(" ".join(cmd) + "\n\n")
-      f.flush()
-      rc = subprocess.call(cmd, cwd=ROOT, env=self.env, stdout=f,
-                           stderr=subprocess.STDOUT)
-    dt = time.perf_counter() - t
-    self.seconds[stage] = round(dt, 1)
-    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
-    if rc != 0:
-      tail = "\n".join(lines[-25:])
-      raise StageError(f"{stage} failed (exit {rc}); see {log}:\n{tail}")
-    last = ([l for l in lines if l.startswith(("[recjax] step", "[bpr] epoch"))]
-            or [l for l in lines if l.startswith("[recjax]")])
-    note = f"; {last[-1].strip()}" if last else ""
-    print(f"[{stage}] done in {dt:.0f}s (elapsed {self.elapsed():.0f}s)"
-          f"{note}", flush=True)
-
-  def elapsed(self) -> float:
-    return time.perf_counter() - self.start
-
-
 # ------------------------------------------------------------------ metrics
-def read_rows(eval_dir: pathlib.Path, task: str) -> list[dict]:
-  path = eval_dir / "predictions" / f"{task}.jsonl"
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f]
-
-
 def per_user(eval_dir: pathlib.Path, dataset: str) -> dict[str, np.ndarray]:
   """Per-test-user recall@10, ndcg@10 (retrieval) and hit@1 (ranking).
 
@@ -155,14 +101,6 @@ def per_user(eval_dir: pathlib.Path, dataset: str) -> dict[str, np.ndarray]:
           "targets": np.array([x["target_item"] for x in ret])}
 
 
-def mean_se(x: np.ndarray) -> tuple[float, float]:
-  n = len(x)
-  if n == 0:
-    return float("nan"), float("nan")
-  se = float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-  return float(np.mean(x)), se
-
-
 def check_against_eval(eval_dir: pathlib.Path, dataset: str,
                        users: dict[str, np.ndarray]) -> None:
   """The per-user means must equal what `recjax eval` wrote in metrics.json."""
@@ -175,16 +113,6 @@ def check_against_eval(eval_dir: pathlib.Path, dataset: str,
     if abs(float(np.mean(x)) - want) > 1e-9:
       print(f"WARNING: per-user mean {np.mean(x):.6f} != metrics.json "
             f"{want:.6f} in {eval_dir}", flush=True)
-
-
-def paired_diff(a: dict, b: dict, metric: str) -> dict:
-  """Mean and standard error of a - b over the same users."""
-  if len(a["targets"]) != len(b["targets"]) or (
-      a["targets"] != b["targets"]).any():
-    raise ValueError("variants were evaluated on different users")
-  mean, se = mean_se(a[metric] - b[metric])
-  return {"diff": round(mean, 4), "se": round(se, 4),
-          "z": round(mean / se, 2) if se and se > 0 else None}
 
 
 # ------------------------------------------------------------------ main

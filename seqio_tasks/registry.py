@@ -343,3 +343,31 @@ def register_prepared(prepared_dir: str | os.PathLike, *,
 __all__ = ["register_prepared", "default_vocabulary", "read_manifest",
            "PreparedTaskSource", "FEATURE_DESCRIPTION", "METADATA_FEATURES",
            "AUX_TASKS"]
+
+
+# ---- the prepared directory behind a task -----------------------------------
+def leaf_tasks(mixture_or_task_name: str) -> list[seqio.Task]:
+  """The tasks of a mixture (sub-mixtures expanded), or the task itself."""
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  if isinstance(provider, seqio.Mixture):
+    return list(provider.tasks)
+  return [provider]
+
+
+def prepared_dir_of(task: seqio.Task) -> pathlib.Path | None:
+  """The prepared directory a registered task reads (None: not recjax's)."""
+  src = task.source
+  d = getattr(src, "prepared_dir", None) or getattr(src, "_prepared_dir", None)
+  return pathlib.Path(d) if d is not None else None
+
+
+def prepared_dir_of_task(mixture_or_task_name: str) -> pathlib.Path:
+  """The prepared directory behind a registered task or mixture (its first
+  task that has one); models sized by the catalogue read it."""
+  for task in leaf_tasks(mixture_or_task_name):
+    d = prepared_dir_of(task)
+    if d is not None:
+      return d
+  raise ValueError(f"{mixture_or_task_name!r} has no prepared directory "
+                   "(a model that reads the catalogue needs one).")
+

@@ -145,9 +145,11 @@ def _one_step(model, batch):
   return loss, optax.tree.norm(updates)
 
 
-# ILM's gins need a prepared catalogue (item table, slot tasks): they parse
-# here and train in tests/test_ilm.py.
-ILM_GINS = [p for p in RUN_GINS if os.path.basename(p).startswith('ilm_')]
+# ILM's and RSLLM's stage-2 gins need a prepared catalogue (item table, slot
+# tasks, a SASRec): they parse here and train in tests/test_ilm.py and
+# tests/test_rsllm.py.
+ILM_GINS = [p for p in RUN_GINS if os.path.basename(p).startswith(
+    ('ilm_', 'rsllm_stage2', 'rsllm_model'))]
 
 
 @pytest.mark.parametrize('run_gin', RUN_GINS, ids=_rel)

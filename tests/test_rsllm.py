@@ -2,6 +2,7 @@
 the two InfoNCE losses, and training on the 8-device mesh."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import flax.linen as nn
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 import seqio
 
+from recjax import checkpoints
 from recjax import slots
 from recjax.baselines import cli as baselines_cli
+from recjax.infer import jobs_main
 from recjax.models import decoder_only
 from recjax.models import hybrid
 from recjax.models import lora as lora_lib
@@ -22,6 +25,8 @@ from recjax.models.sasrec import SASRec, SASRecConfig
 from recjax.prompts import PromptConfig
 from recjax.prompts import common
 from recjax.prompts.export import write_task_files
+from recjax.train import checkpointing
+from recjax.train import gin_utils
 from recjax.train import model_api
 from recjax.train import optimizers
 from recjax.train import rsllm_model
@@ -344,3 +349,147 @@ def test_stage2_trains_the_projector_and_lora_on_the_mesh(prepared):
       proj1["mlp_out"]["kernel"],
       jax.device_get(s1.params)["rsllm"]["mlp_out"]["kernel"], rtol=1e-4,
       atol=1e-6)
+
+
+# ------------------------------------------------- the shipped gins, end to end
+LM_GINS = {
+    "t5": ("models/flan_t5_tiny.gin", [
+        f"T5Config.emb_dim = {WIDTH}", "T5Config.num_heads = 2",
+        "T5Config.head_dim = 8", "T5Config.mlp_dim = 32",
+        "T5Config.num_encoder_layers = 1", "T5Config.num_decoder_layers = 1"]),
+    "decoder": ("models/decoder_tiny.gin", [
+        f"DecoderOnlyConfig.emb_dim = {WIDTH}", "DecoderOnlyConfig.num_heads = 2",
+        "DecoderOnlyConfig.num_kv_heads = 1", "DecoderOnlyConfig.head_dim = 8",
+        "DecoderOnlyConfig.mlp_dim = 32", "DecoderOnlyConfig.num_layers = 1"]),
+}
+COMMON = ["VOCAB_SIZE = 512", "ACTIVATION_DTYPE = 'float32'",
+          "DROPOUT_RATE = 0.0", "BATCH_SIZE = 8", "EVAL_PERIOD = 0",
+          "train.log_every = 1", "TRAIN_STEPS = 2", "LEARNING_RATE = 0.01"]
+TEXT_LENGTHS = {"inputs": 96, "targets": 12}
+
+
+@contextlib.contextmanager
+def _gin(files, bindings):
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin_flags(files, bindings)
+    yield
+  finally:
+    gin.clear_config()
+
+
+def _flat_ckpt(model_dir) -> dict:
+  meta = checkpointing.state_metadata(
+      checkpointing.latest_state_dir(str(model_dir)))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+      meta["params"])
+  params = checkpointing.restore_params_from_recjax_dir(str(model_dir),
+                                                        abstract)
+  return checkpoints.flatten_params(jax.device_get(params))
+
+
+@pytest.fixture(scope="module")
+def text_dir(prepared, tmp_path_factory):
+  """The same catalogue with text-only prompts (stage 1), in the slotted
+  directory's vocabulary."""
+  d, data, _ = prepared
+  plain = tmp_path_factory.mktemp("rsllm_text") / "prepared"
+  data.save(plain)
+  write_task_files(data, plain, config=PromptConfig(
+      num_negatives=4, max_history=4, item_format="title"), num_shards=1,
+                   tasks=("retrieval", "ranking"),
+                   vocab_model=d / "vocab" / "spiece.model")
+  registry.register_prepared(plain, dataset_name="trsllmtext")
+  return plain
+
+
+def _stage2_gins(arch, sasrec_dir, model_dir, init):
+  model_gin, tiny = LM_GINS[arch]
+  return [model_gin, "runs/rsllm_stage2.gin"], tiny + COMMON + [
+      f"MODEL_DIR = '{model_dir}'", f"MIXTURE_OR_TASK_NAME = 'trsllm_rec'",
+      f"TASK_FEATURE_LENGTHS = {LENGTHS!r}", f"SASREC_DIR = '{sasrec_dir}'",
+      f"INITIAL_CHECKPOINT_PATH = '{init}'", f"TOKENS_PER_SLOT = {K}",
+      f"LM_EMB_DIM = {WIDTH}", "LORA_RANK = 2"]
+
+
+@pytest.mark.parametrize("arch", ["t5", "decoder"])
+def test_two_stages_through_the_gins(prepared, text_dir, tmp_path, arch):
+  """Stage 1 (text-only, full fine-tuning) then stage 2 (LoRA + projector)
+  through runs/rsllm_stage{1,2}.gin and the real trainer: stage 2 keeps the
+  stage-1 LM and the saved SASRec bit-identical, and trains only the
+  adapters and the projector (their optimizer state alone)."""
+  del text_dir
+  _, data, sasrec_dir = prepared
+  model_gin, tiny = LM_GINS[arch]
+  s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
+  with _gin([model_gin, "runs/rsllm_stage1.gin"], tiny + COMMON + [
+      f"MODEL_DIR = '{s1}'", "MIXTURE_OR_TASK_NAME = 'trsllmtext_rec'",
+      f"TASK_FEATURE_LENGTHS = {TEXT_LENGTHS!r}"]):
+    step, _ = trainer.train()
+  assert step == 2
+  with _gin(*_stage2_gins(arch, sasrec_dir, s2, s1)):
+    assert gin.query_parameter("train.pack") is False
+    step, summary = trainer.train()
+  assert step == 2
+  for k in ("lm_loss", "user_item_loss", "id_text_loss"):
+    assert np.isfinite(summary[k]) and summary[k] > 0, k
+  lm, p2 = _flat_ckpt(s1), _flat_ckpt(s2)
+  for k, v in lm.items():
+    np.testing.assert_array_equal(p2[k], v, err_msg=k)
+  _, saved = baselines_cli.load_model(sasrec_dir, data)
+  for k, v in checkpoints.flatten_params(saved).items():
+    np.testing.assert_array_equal(p2[f"rsllm/recommender/{k}"], v,
+                                  err_msg=k)
+  added = set(p2) - set(lm)
+  adapters = {k for k in added if lora_lib.is_lora_path(k)}
+  projector = {k for k in added if k.startswith("rsllm/")
+               and not k.startswith("rsllm/recommender/")}
+  assert adapters and projector
+  assert added == adapters | projector | {
+      k for k in added if k.startswith("rsllm/recommender/")}
+  # lora_b starts at zero: a non-zero one was trained.
+  assert any(np.abs(p2[k]).max() > 0 for k in adapters if k.endswith("lora_b"))
+  # Optimizer state (Adafactor's) only for the adapters and the projector.
+  meta = checkpointing.state_metadata(checkpointing.latest_state_dir(str(s2)))
+  opt_paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", k)))
+                        for k in path) for path, _ in
+               jax.tree_util.tree_flatten_with_path(meta["opt_state"])[0]]
+  owners = {q for q in opt_paths if "rsllm/" in q or "lora_" in q}
+  assert owners and not [q for q in owners if "recommender" in q]
+  assert all(q in owners or not q.endswith(("/v", "/v_row", "/v_col", "/m"))
+             for q in opt_paths), [q for q in opt_paths if q not in owners][:5]
+
+
+def test_eval_reads_the_stage2_model(prepared, text_dir, tmp_path):
+  del text_dir
+  _, _, sasrec_dir = prepared
+  s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
+  model_gin, tiny = LM_GINS["t5"]
+  with _gin([model_gin, "runs/rsllm_stage1.gin"], tiny + COMMON + [
+      f"MODEL_DIR = '{s1}'", "MIXTURE_OR_TASK_NAME = 'trsllmtext_rec'",
+      f"TASK_FEATURE_LENGTHS = {TEXT_LENGTHS!r}"]):
+    trainer.train()
+  with _gin(*_stage2_gins("t5", sasrec_dir, s2, s1)):
+    trainer.train()
+  out = tmp_path / "eval"
+  gin.clear_config()
+  try:
+    results = jobs_main.run_eval(
+        [model_gin, "runs/eval.gin", "runs/lora.gin", "runs/rsllm_model.gin"],
+        tiny + [f"CHECKPOINT_PATH = '{s2}'", f"EVAL_OUTPUT_DIR = '{out}'",
+                "MIXTURE_OR_TASK_NAME = 'trsllm_rec'", "VOCAB_SIZE = 512",
+                "ACTIVATION_DTYPE = 'float32'",
+                f"TASK_FEATURE_LENGTHS = {LENGTHS!r}",
+                f"SASREC_DIR = '{sasrec_dir}'", f"TOKENS_PER_SLOT = {K}",
+                f"LM_EMB_DIM = {WIDTH}", "LORA_RANK = 2", "NUM_BEAMS = 4",
+                "NUM_EXAMPLES = 4"], import_task_modules=False)
+  finally:
+    gin.clear_config()
+  ranking = results["trsllm_ranking"]
+  assert ranking["count"] == 4
+  assert 0 <= ranking["hit@1"] <= ranking["hit@5"] == 1.0  # 5 candidates
+  assert 0 <= ranking["llara_valid_ratio"] <= 1
+  assert results["trsllm_retrieval"]["count"] == 4

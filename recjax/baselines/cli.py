@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from recjax.baselines import candidates
 from recjax.baselines import common
 from recjax.data.prepared import PreparedData, atomic_directory
 
@@ -93,6 +94,7 @@ def write_result(result: common.BaselineResult, data: PreparedData,
       meta["model_config"] = dict(config)
       meta["files"]["model"] = {"file": "model.msgpack", "format": "flax msgpack"}
     _write_json(tmp / "embeddings.json", meta)
+    ranking = _ranking_metrics(result, data, data_dir)
     _write_json(tmp / "metrics.json", {
         "model": result.model, "dataset": data.name, "data_dir": data_dir,
         "seed": seed, "hparams": result.hparams,
@@ -104,7 +106,31 @@ def write_result(result: common.BaselineResult, data: PreparedData,
         "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
         "history": result.history, "wall_seconds": result.seconds,
         "protocol": "leave-one-out (LS valid_and_test, order TO), full ranking",
+        **({"ranking": ranking} if ranking else {}),
     })
+
+
+def _ranking_metrics(result: common.BaselineResult, data: PreparedData,
+                     data_dir: str | None) -> dict[str, Any]:
+  """The baseline on the ranking prompts' candidates of `data_dir` (the
+  LLaRA protocol's lists; `recjax.baselines.candidates`), per split."""
+  if not data_dir:
+    return {}
+  out: dict[str, Any] = {}
+  for split, (users, vectors) in result.user_embeddings.items():
+    cases = candidates.ranking_cases(data, data_dir, split)
+    if cases is None:
+      continue
+    targets, cands = cases
+    if len(targets) != len(users):
+      raise ValueError(f"{data_dir}: {len(targets)} {split} ranking cases but "
+                       f"{len(users)} held-out users")
+    out[split] = candidates.candidate_metrics(vectors, result.item_embeddings,
+                                              targets, cands)
+  if out:
+    out["protocol"] = ("the candidates of the prepared ranking prompts "
+                       "(target + sampled negatives), score = user . item")
+  return out
 
 
 def run_baseline(model: str, data_dir: str, output_dir: str, *, seed: int = 0,

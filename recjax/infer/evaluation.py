@@ -70,17 +70,16 @@ def task_kind(task_name: str) -> Optional[str]:
 
 
 def leaf_tasks(mixture_or_task_name: str) -> list[seqio.Task]:
-  """The tasks of a mixture (sub-mixtures expanded), or the task itself."""
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  if isinstance(provider, seqio.Mixture):
-    return list(provider.tasks)
-  return [provider]
+  """`seqio_tasks.registry.leaf_tasks` (imported when called: importing the
+  package registers every dataset)."""
+  from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
+  return registry.leaf_tasks(mixture_or_task_name)
 
 
 def prepared_dir_of(task: seqio.Task) -> Optional[pathlib.Path]:
-  src = task.source
-  d = getattr(src, 'prepared_dir', None) or getattr(src, '_prepared_dir', None)
-  return pathlib.Path(d) if d is not None else None
+  """`seqio_tasks.registry.prepared_dir_of`."""
+  from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
+  return registry.prepared_dir_of(task)
 
 
 def as_text(x: Any) -> str:

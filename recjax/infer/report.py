@@ -7,8 +7,9 @@ Reads what the other stages wrote and lays it out in one table and one figure:
   "<ds>_rating": {"rmse": ..}}}`, or with the tasks under `metrics` as
   `recjax eval` writes them (`load_lm_metrics`);
 * baselines: `<dir>/metrics.json` of `recjax baseline`, test split
-  (`load_baseline_metrics`); they rank the full catalogue, so they fill the
-  retrieval columns only;
+  (`load_baseline_metrics`): the retrieval columns from their ranking of
+  the full catalogue, the ranking columns from the LMs' own candidate lists
+  when the baseline scored them;
 * training curves: `<model_dir>/metrics.jsonl` of `recjax.train.metrics_writer`
   (`load_training_curve`).
 
@@ -189,13 +190,19 @@ def load_lm_metrics(eval_dir: str | os.PathLike,
 
 def load_baseline_metrics(directory: str | os.PathLike,
                           split: str = "test") -> Metrics:
-  """A baseline's metrics of `split` (`metrics.json[split]`) as retrieval metrics."""
+  """A baseline's metrics of `split` (`metrics.json[split]`) as retrieval
+  metrics, and its ranking of the LMs' candidates (`metrics.json["ranking"]`)
+  when it has one."""
   path = _metrics_file(directory, "metrics.json")
   obj = _read_json(path)
   if not isinstance(obj, Mapping) or not isinstance(obj.get(split), Mapping):
     raise ValueError(f"{path}: field {split!r}: missing (not a baseline's "
                      "metrics.json?)")
-  return {"retrieval": _numbers(obj[split])}
+  out = {"retrieval": _numbers(obj[split])}
+  ranking = obj.get("ranking", {})
+  if isinstance(ranking, Mapping) and isinstance(ranking.get(split), Mapping):
+    out["ranking"] = _numbers(ranking[split])  # the LMs' candidate lists
+  return out
 
 
 def load_training_curve(model_dir: str | os.PathLike,

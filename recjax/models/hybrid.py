@@ -20,6 +20,7 @@ import dataclasses
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
@@ -31,6 +32,7 @@ Array = jax.Array
 FROZEN_SUBTREE = 'recommender'
 
 
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class HybridProjectorConfig:
   """Sizes of the projector (the recommender's come with its checkpoint).

@@ -193,16 +193,8 @@ class ILMAlignmentModel(model_api.BaseModel):
 
 def prepared_dir_of_task(mixture_or_task_name: str):
   """The prepared directory behind a registered task or mixture."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  tasks = (provider.tasks if isinstance(provider, seqio.Mixture)
-           else [provider])
-  for task in tasks:
-    d = getattr(task.source, 'prepared_dir', None)
-    if d is not None:
-      return pathlib.Path(d)
-  raise ValueError(f'{mixture_or_task_name!r} has no prepared directory '
-                   '(the item encoder sizes its item table from it).')
+  from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
+  return registry.prepared_dir_of_task(mixture_or_task_name)
 
 
 def _constant_init(table):

@@ -196,8 +196,8 @@ def item_title_tokens(mixture_or_task_name: str = gin.REQUIRED,
   side of RSLLM's ID-text InfoNCE."""
   import seqio  # pylint: disable=g-import-not-at-top
   from recjax.data.prepared import PreparedData  # pylint: disable=g-import-not-at-top
-  from recjax.train import ilm_model  # pylint: disable=g-import-not-at-top
-  data = PreparedData.load(ilm_model.prepared_dir_of_task(mixture_or_task_name))
+  from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
+  data = PreparedData.load(registry.prepared_dir_of_task(mixture_or_task_name))
   vocab = seqio.get_mixture_or_task(
       mixture_or_task_name).output_features['inputs'].vocabulary
   out = np.zeros((data.num_items, int(max_tokens)), np.int32)
@@ -220,8 +220,8 @@ def rsllm_projector(config=gin.REQUIRED, *,
   from recjax.data.prepared import PreparedData  # pylint: disable=g-import-not-at-top
   from recjax.models import hybrid  # pylint: disable=g-import-not-at-top
   from recjax.models.sasrec import SASRecConfig  # pylint: disable=g-import-not-at-top
-  from recjax.train import ilm_model  # pylint: disable=g-import-not-at-top
-  prepared_dir = ilm_model.prepared_dir_of_task(mixture_or_task_name)
+  from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
+  prepared_dir = registry.prepared_dir_of_task(mixture_or_task_name)
   data = PreparedData.load(prepared_dir)
   try:
     model_config, values = baselines_cli.load_model(sasrec_dir, data)
