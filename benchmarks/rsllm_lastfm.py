@@ -155,7 +155,9 @@ def llara_per_user(targets: Sequence[str], predictions: Sequence[str],
 def _ratio_influence(c: np.ndarray, v: np.ndarray) -> tuple[float, np.ndarray]:
   """R = sum(c) / sum(v) (0 if no valid) and its linearised per-user values."""
   c, v = np.asarray(c, np.float64), np.asarray(v, np.float64)
-  if len(v) == 0 or v.sum() == 0:
+  if len(v) == 0:
+    return float("nan"), np.full(0, np.nan)
+  if v.sum() == 0:  # LLaRA's convention: no valid answer = 0
     return 0.0, np.full(len(v), np.nan)
   r = float(c.sum() / v.sum())
   return r, (c - r * v) / v.mean()
@@ -396,9 +398,9 @@ def main(argv=None) -> int:
                  "(runs/quickstart.gin: batch 16 packed, lr 3e-3)")
   p.add_argument("--stage2_steps", type=int, default=300,
                  help="stage 2 and each ablation (batch 16 unpacked, lr 1e-3)")
-  p.add_argument("--sasrec_epochs", type=int, default=None,
-                 help="SASRec epochs at most (default: the baseline's, 30 "
-                 "with early stopping)")
+  p.add_argument("--sasrec_epochs", type=int, default=8,
+                 help="SASRec epochs at most (early stopping may end sooner; "
+                 "~40 s each here); 0 = the baseline's own default (30)")
   p.add_argument("--variants", default=",".join(VARIANTS),
                  help="comma-separated subset of " + ",".join(VARIANTS))
   p.add_argument("--max_history", type=int, default=10)
@@ -715,8 +717,19 @@ def main(argv=None) -> int:
                       "variants": variants, "quick": args.quick}
   result["stage_seconds"] = run.seconds
   result["seconds"] = round(run.elapsed(), 1)
-  print(json.dumps(result))
+  print(json.dumps(_json_safe(result)))
   return 0
+
+
+def _json_safe(x):
+  """NaN (an empty subset, an undefined standard error) -> null."""
+  if isinstance(x, dict):
+    return {k: _json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  return x
 
 
 if __name__ == "__main__":

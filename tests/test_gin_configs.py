@@ -158,8 +158,8 @@ def test_run_gin_trains_one_step(run_gin, tmp_path):
   files = _base_model_gin() + [run_gin]
   if run_gin in ILM_GINS:
     gin_utils.parse_gin_flags(files, TINY + [
-        f"MIXTURE_OR_TASK_NAME = '{task}'", f"MODEL_DIR = '{tmp_path}'"],
-        skip_unknown=True)
+        f"MIXTURE_OR_TASK_NAME = '{task}'", f"MODEL_DIR = '{tmp_path}'",
+        f"SASREC_DIR = '{tmp_path}'"], skip_unknown=True)
     return
   if not _binds_train(run_gin):
     gin_utils.parse_gin_flags(files, TINY, skip_unknown=True)
