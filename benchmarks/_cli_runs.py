@@ -13,6 +13,7 @@ import json
 import math
 import pathlib
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -55,7 +56,7 @@ class Runner:
     print(f"[{stage}] recjax {args[0]} (log: {log})", flush=True)
     t = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
-      f.write(" ".join(cmd) + "\n\n")
+      f.write(shlex.join(cmd) + "\n\n")  # pastes into a shell
       f.flush()
       rc = subprocess.call(cmd, cwd=ROOT, env=self.env, stdout=f,
                            stderr=subprocess.STDOUT)

@@ -85,6 +85,23 @@ export RECJAX_SYNTHETIC_RSLLM_DIR="$RSLLM_DATA"
   --tasks=retrieval,ranking,rating --prompt=item_slots=append \
   --prompt=user_slot=true --vocab="$DATA/vocab/spiece.model"
 
+# `recjax eval` of $OUT/train_NAME on the test split into $OUT/eval_NAME:
+#   evaluate NAME MODEL_GIN MIXTURE LENGTHS [gin files and flags after eval.gin]
+evaluate() {
+  local name=$1 gin=$2 mix=$3 lengths=$4
+  shift 4
+  "$PY" -m recjax.main eval --gin_file="$gin" --gin_file=runs/eval.gin "$@" \
+    --gin.ACTIVATION_DTYPE="'float32'" --gin.evaluate.auto_vocab_size=True \
+    --gin.MIXTURE_OR_TASK_NAME="'$mix'" --gin.TASK_FEATURE_LENGTHS="$lengths" \
+    --gin.CHECKPOINT_PATH="'$OUT/train_$name'" \
+    --gin.EVAL_OUTPUT_DIR="'$OUT/eval_$name'"
+}
+# The small second-stage runs on the tiny FLAN-T5 (ILM phase 2, RSLLM stage 2).
+SECOND_STAGE=(--gin.BATCH_SIZE=16 --gin.DROPOUT_RATE=0.0
+  --gin.ACTIVATION_DTYPE="'float32'" --gin.train.auto_vocab_size=True
+  --gin.EVAL_PERIOD=50 --gin.EVAL_STEPS=4 --gin.SAVING_PERIOD=200
+  --gin.KEEP_CHECKPOINTS=1 --gin.train.log_every=25)
+
 # Runs: "label|model gin|mixture|dir". The default trains one row per
 # method; --all adds the comparison rows.
 RUNS=("tiny FLAN-T5, rec+aux|models/flan_t5_tiny.gin|synthetic_rec_aux|t5_rec_aux")
@@ -105,14 +122,7 @@ done
 for RUN in "${RUNS[@]}"; do
   IFS='|' read -r LABEL GIN MIX NAME <<< "$RUN"
   stage "3/7 evaluate $LABEL on the test split -> $OUT/eval_$NAME"
-  "$PY" -m recjax.main eval --gin_file="$GIN" \
-    --gin_file=runs/eval.gin \
-    --gin.ACTIVATION_DTYPE="'float32'" \
-    --gin.evaluate.auto_vocab_size=True \
-    --gin.MIXTURE_OR_TASK_NAME="'synthetic_rec'" \
-    --gin.TASK_FEATURE_LENGTHS="{'inputs': 512, 'targets': 16}" \
-    --gin.CHECKPOINT_PATH="'$OUT/train_$NAME'" \
-    --gin.EVAL_OUTPUT_DIR="'$OUT/eval_$NAME'"
+  evaluate "$NAME" "$GIN" synthetic_rec "{'inputs': 512, 'targets': 16}"
 done
 
 # SASRec is capped at 3 epochs to fit the time budget (its default is 30
@@ -151,29 +161,19 @@ for RUN in "${ILM_RUNS[@]}"; do
     --gin.INITIAL_CHECKPOINT_PATH="'$OUT/train_t5_rec_aux'" \
     --gin.ITEM_ENCODER_CHECKPOINT="$ENCODER" \
     --gin.TASK_FEATURE_LENGTHS="$ILM_LENGTHS" \
-    --gin.TRAIN_STEPS="${ILM_PHASE2_STEPS:-200}" --gin.BATCH_SIZE=16 \
-    --gin.DROPOUT_RATE=0.0 --gin.ACTIVATION_DTYPE="'float32'" \
-    --gin.train.auto_vocab_size=True --gin.EVAL_PERIOD=50 --gin.EVAL_STEPS=4 \
-    --gin.SAVING_PERIOD=200 --gin.KEEP_CHECKPOINTS=1 --gin.train.log_every=25 \
+    --gin.TRAIN_STEPS="${ILM_PHASE2_STEPS:-200}" "${SECOND_STAGE[@]}" \
     --gin.MODEL_DIR="'$OUT/train_$NAME'"
   stage "5/7 evaluate $LABEL on the test split -> $OUT/eval_$NAME"
-  "$PY" -m recjax.main eval --gin_file=models/flan_t5_tiny.gin \
-    --gin_file=runs/eval.gin --gin_file=runs/ilm_model.gin \
-    --gin.CF_EMBEDDINGS_DIR="'$OUT/baseline_bpr'" \
-    --gin.ACTIVATION_DTYPE="'float32'" \
-    --gin.evaluate.auto_vocab_size=True \
-    --gin.MIXTURE_OR_TASK_NAME="'synthetic_slots_rec'" \
-    --gin.TASK_FEATURE_LENGTHS="$ILM_LENGTHS" \
-    --gin.CHECKPOINT_PATH="'$OUT/train_$NAME'" \
-    --gin.EVAL_OUTPUT_DIR="'$OUT/eval_$NAME'"
+  evaluate "$NAME" models/flan_t5_tiny.gin synthetic_slots_rec "$ILM_LENGTHS" \
+    --gin_file=runs/ilm_model.gin --gin.CF_EMBEDDINGS_DIR="'$OUT/baseline_bpr'"
 done
 
 # RSLLM (gin_configs/runs/rsllm_stage{1,2}.gin): stage 1 is the text-only
 # FLAN-T5 of step 2; stage 2 trains LoRA + the projector over SASRec (step 4)
 # on synthetic_rsllm_rec (title, id and ID slot per item: 768 input tokens fit
 # the 30-item ranking prompts). Runs: "label|initial checkpoint|extra gin
-# flag|dir";
-# the "no ID slots" ablation is stage 2 on the text-only prompts (LoRA alone).
+# flag|dir"; the "no ID slots" ablation is stage 2's recipe (LoRA, AdamW) on
+# the text-only prompts.
 RSLLM_LENGTHS="{'inputs': 768, 'targets': 16, 'slot_items': 48}"
 RSLLM_RUNS=("RSLLM (tiny FLAN-T5, stage 1 + 2)|'$OUT/train_t5_rec_aux'||rsllm")
 if (( ALL )); then
@@ -204,20 +204,10 @@ for RUN in "${RSLLM_RUNS[@]}"; do
     --gin.MIXTURE_OR_TASK_NAME="'$MIX'" \
     --gin.INITIAL_CHECKPOINT_PATH="$INIT" \
     --gin.TASK_FEATURE_LENGTHS="$LENGTHS" \
-    --gin.TRAIN_STEPS="${RSLLM_STEPS:-200}" --gin.BATCH_SIZE=16 \
-    --gin.DROPOUT_RATE=0.0 --gin.ACTIVATION_DTYPE="'float32'" \
-    --gin.train.auto_vocab_size=True --gin.EVAL_PERIOD=50 --gin.EVAL_STEPS=4 \
-    --gin.SAVING_PERIOD=200 --gin.KEEP_CHECKPOINTS=1 --gin.train.log_every=25 \
+    --gin.TRAIN_STEPS="${RSLLM_STEPS:-200}" "${SECOND_STAGE[@]}" \
     --gin.MODEL_DIR="'$OUT/train_$NAME'"
   stage "6/7 evaluate $LABEL on the test split -> $OUT/eval_$NAME"
-  "$PY" -m recjax.main eval --gin_file=models/flan_t5_tiny.gin \
-    --gin_file=runs/eval.gin "${EVAL_GINS[@]}" \
-    --gin.ACTIVATION_DTYPE="'float32'" \
-    --gin.evaluate.auto_vocab_size=True \
-    --gin.MIXTURE_OR_TASK_NAME="'${MIX}'" \
-    --gin.TASK_FEATURE_LENGTHS="$LENGTHS" \
-    --gin.CHECKPOINT_PATH="'$OUT/train_$NAME'" \
-    --gin.EVAL_OUTPUT_DIR="'$OUT/eval_$NAME'"
+  evaluate "$NAME" models/flan_t5_tiny.gin "$MIX" "$LENGTHS" "${EVAL_GINS[@]}"
 done
 
 stage "7/7 results -> $OUT/results.{md,json,png}"

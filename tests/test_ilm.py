@@ -10,7 +10,6 @@ per module and several tests read them.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -35,7 +34,6 @@ from recjax.models import item_encoder as item_encoder_lib
 from recjax.prompts import PromptConfig
 from recjax.prompts.export import write_task_files
 from recjax.train import checkpointing
-from recjax.train import gin_utils
 from recjax.train import ilm_model
 from recjax.train import metrics_writer
 from recjax.train import partitioning
@@ -88,33 +86,11 @@ def _one_device():
   return partitioning.Partitioner(num_partitions=1, devices=jax.devices()[:1])
 
 
-@contextlib.contextmanager
-def _gin(files, bindings):
-  """The gin config of one job, cleared afterwards."""
-  gin.clear_config()
-  try:
-    gin_utils.parse_gin_flags(files, bindings)
-    yield
-  finally:
-    gin.clear_config()
+_gin = test_utils.gin_config
 
 
 def _gin_model():
   return gin.query_parameter('%MODEL').scoped_configurable_fn()
-
-
-def _ckpt_params(model_dir) -> dict:
-  """The latest checkpoint's params, flat ('a/b/c' -> numpy), host-side."""
-  meta = checkpointing.state_metadata(
-      checkpointing.latest_state_dir(str(model_dir)))
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  abstract = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-      meta['params'])
-  params = checkpointing.restore_params_from_recjax_dir(str(model_dir),
-                                                        abstract)
-  return checkpoints.flatten_params(jax.device_get(params))
 
 
 def _ckpt_paths(model_dir) -> list[str]:
@@ -291,7 +267,7 @@ def test_phase1_lifts_item_to_text_retrieval(phase1):
       r, {'text_tokens': (1, P1_LENGTHS['inputs'])}))(jax.random.PRNGKey(0))[
           'params'])[ilm_model.PARAMS_KEY]
   trained = checkpoints.unflatten_params(
-      _sub(_ckpt_params(phase1.dir), 'item_encoder/'))
+      _sub(test_utils.checkpoint_params_flat(phase1.dir), 'item_encoder/'))
   before = _recall(module, fresh, items, text, 1)
   after = _recall(module, trained, items, text, 1)
   after5 = _recall(module, trained, items, text, 5)
@@ -313,9 +289,9 @@ TEXT_ONLY = ('embeddings/word_embeddings/', 'embeddings/position_embeddings/',
 @pytest.mark.parametrize('arch', ['t5', 'decoder'])
 def test_phase2_trains_only_the_encoder(runs, arch):
   model_dir, frozen = runs.phase2(arch)
-  lm = _ckpt_params(runs.lm(arch))
-  p2 = _ckpt_params(model_dir)
-  p1 = _sub(_ckpt_params(runs.phase1_dir), 'item_encoder/')
+  lm = test_utils.checkpoint_params_flat(runs.lm(arch))
+  p2 = test_utils.checkpoint_params_flat(model_dir)
+  p1 = _sub(test_utils.checkpoint_params_flat(runs.phase1_dir), 'item_encoder/')
   enc = _sub(p2, 'item_encoder/')
   # (a) Every LM parameter bit-identical to the LM checkpoint's.
   assert set(p2) - set(lm) == {f'item_encoder/{k}' for k in enc}
@@ -355,12 +331,12 @@ def test_phase2_trains_only_the_encoder(runs, arch):
 
 def test_phase2_starts_from_the_phase1_encoder(runs):
   start = runs.initial_params('t5', 'phase1')
-  p1 = _sub(_ckpt_params(runs.phase1_dir), 'item_encoder/')
+  p1 = _sub(test_utils.checkpoint_params_flat(runs.phase1_dir), 'item_encoder/')
   enc = _sub(start, 'item_encoder/')
   assert enc and set(enc) < set(p1)
   for k, v in enc.items():
     np.testing.assert_array_equal(v, p1[k], err_msg=k)
-  lm = _ckpt_params(runs.lm('t5'))
+  lm = test_utils.checkpoint_params_flat(runs.lm('t5'))
   assert set(start) - set(lm) == {f'item_encoder/{k}' for k in enc}
   for k, v in lm.items():
     np.testing.assert_array_equal(start[k], v, err_msg=k)
@@ -371,7 +347,7 @@ def test_unaligned_ablation_starts_from_a_fresh_encoder(runs):
   normals, zero biases, LayerNorms at 1 and 0), not phase 1's; the LM still
   comes from its checkpoint."""
   start = runs.initial_params('t5', None)
-  p1 = _sub(_ckpt_params(runs.phase1_dir), 'item_encoder/')
+  p1 = _sub(test_utils.checkpoint_params_flat(runs.phase1_dir), 'item_encoder/')
   enc = _sub(start, 'item_encoder/')
   assert set(enc) < set(p1)
   for k, v in enc.items():
@@ -388,7 +364,7 @@ def test_unaligned_ablation_starts_from_a_fresh_encoder(runs):
   assert {'cf_norm/bias', 'embeddings/LayerNorm/scale',
           'layer_0/output_query/dense/bias'} <= set(trained_in_p1)
   assert np.std(p1['cf_table/embedding']) > 0.03
-  lm = _ckpt_params(runs.lm('t5'))
+  lm = test_utils.checkpoint_params_flat(runs.lm('t5'))
   assert set(start) - set(lm) == {f'item_encoder/{k}' for k in enc}
   for k, v in lm.items():
     np.testing.assert_array_equal(start[k], v, err_msg=k)

@@ -2,7 +2,6 @@
 the two InfoNCE losses, and training on the 8-device mesh."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 
@@ -27,7 +26,6 @@ from recjax.prompts import PromptConfig
 from recjax.prompts import common
 from recjax.prompts.export import write_task_files
 from recjax.train import checkpointing
-from recjax.train import gin_utils
 from recjax.train import model_api
 from recjax.train import optimizers
 from recjax.train import rsllm_model
@@ -359,7 +357,8 @@ LM_GINS = {
         "T5Config.head_dim = 8", "T5Config.mlp_dim = 32",
         "T5Config.num_encoder_layers = 1", "T5Config.num_decoder_layers = 1"]),
     "decoder": ("models/decoder_tiny.gin", [
-        f"DecoderOnlyConfig.emb_dim = {WIDTH}", "DecoderOnlyConfig.num_heads = 2",
+        f"DecoderOnlyConfig.emb_dim = {WIDTH}",
+        "DecoderOnlyConfig.num_heads = 2",
         "DecoderOnlyConfig.num_kv_heads = 1", "DecoderOnlyConfig.head_dim = 8",
         "DecoderOnlyConfig.mlp_dim = 32", "DecoderOnlyConfig.num_layers = 1"]),
 }
@@ -369,27 +368,7 @@ COMMON = ["VOCAB_SIZE = 512", "ACTIVATION_DTYPE = 'float32'",
 TEXT_LENGTHS = {"inputs": 96, "targets": 12}
 
 
-@contextlib.contextmanager
-def _gin(files, bindings):
-  gin.clear_config()
-  try:
-    gin_utils.parse_gin_flags(files, bindings)
-    yield
-  finally:
-    gin.clear_config()
-
-
-def _flat_ckpt(model_dir) -> dict:
-  meta = checkpointing.state_metadata(
-      checkpointing.latest_state_dir(str(model_dir)))
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  abstract = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-      meta["params"])
-  params = checkpointing.restore_params_from_recjax_dir(str(model_dir),
-                                                        abstract)
-  return checkpoints.flatten_params(jax.device_get(params))
+_gin = test_utils.gin_config
 
 
 @pytest.fixture(scope="module")
@@ -410,7 +389,7 @@ def text_dir(prepared, tmp_path_factory):
 def _stage2_gins(arch, sasrec_dir, model_dir, init):
   model_gin, tiny = LM_GINS[arch]
   return [model_gin, "runs/rsllm_stage2.gin"], tiny + COMMON + [
-      f"MODEL_DIR = '{model_dir}'", f"MIXTURE_OR_TASK_NAME = 'trsllm_rec'",
+      f"MODEL_DIR = '{model_dir}'", "MIXTURE_OR_TASK_NAME = 'trsllm_rec'",
       f"TASK_FEATURE_LENGTHS = {LENGTHS!r}", f"SASREC_DIR = '{sasrec_dir}'",
       f"INITIAL_CHECKPOINT_PATH = '{init}'", f"TOKENS_PER_SLOT = {K}",
       f"LM_EMB_DIM = {WIDTH}", "LORA_RANK = 2"]
@@ -457,7 +436,8 @@ def test_two_stages_through_the_gins(prepared, stages, arch):
   s1, s2, summary = stages(arch)
   for k in ("lm_loss", "user_item_loss", "id_text_loss"):
     assert np.isfinite(summary[k]) and summary[k] > 0, k
-  lm, p2 = _flat_ckpt(s1), _flat_ckpt(s2)
+  lm = test_utils.checkpoint_params_flat(s1)
+  p2 = test_utils.checkpoint_params_flat(s2)
   for k, v in lm.items():
     np.testing.assert_array_equal(p2[k], v, err_msg=k)
   _, saved = baselines_cli.load_model(sasrec_dir, data)

@@ -66,8 +66,9 @@ def test_ratio_se_delta_method_by_hand():
   # z = (c - r v) / mean(v), mean(v) = 3/4:
   z = np.array([1 / 3, -2 / 3, 0, 1 / 3]) / 0.75
   assert se == pytest.approx(np.std(z, ddof=1) / 2)
-  assert rb.ratio_mean_se(np.zeros(3), np.zeros(3))[0] == 0.0
-  assert math.isnan(rb.ratio_mean_se(np.zeros(3), np.zeros(3))[1])
+  # No valid answer: LLaRA's HitRatio@1 is the constant 0.
+  assert rb.ratio_mean_se(np.zeros(3), np.zeros(3)) == (0.0, 0.0)
+  assert math.isnan(rb.ratio_mean_se(np.zeros(0), np.zeros(0))[0])
 
 
 def test_paired_ratio_diff_all_valid_is_paired_se():
@@ -82,6 +83,10 @@ def test_paired_ratio_diff_all_valid_is_paired_se():
                                         4))
   with pytest.raises(ValueError):
     rb.paired_ratio_diff(a, one, b[:3], one[:3])
+  # b never valid (HitRatio@1 = 0, constant): the se is a's alone.
+  d0 = rb.paired_ratio_diff(a, one, np.zeros(6), np.zeros(6))
+  assert d0["diff"] == pytest.approx(round(4 / 6, 4))
+  assert d0["se"] == pytest.approx(round(rb.ratio_mean_se(a, one)[1], 4))
 
 
 def test_paired_diff_and_mean_se():
@@ -107,6 +112,7 @@ def test_llara_users_subset():
             "valid": np.ones(6), "ndcg10": np.zeros(6)}
   s = rb.summarize(arrays, rb.llara_users(ids))
   assert s["n"] == 2 and s["hr1"] == 0.5 and s["valid_ratio"] == 1.0
+  assert (s["correct_n"], s["valid_n"], s["hit1_all"]) == (1, 2, 0.5)
 
 
 def test_compare_llara_rows():

@@ -3,6 +3,7 @@ over synthetic text pairs and a small encoder-decoder Flax module with the
 `recjax.models.t5.Transformer` call signature and logical-axis annotations."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Optional
 
@@ -209,3 +210,37 @@ def random_t5_params(config, seed: int = 0, logits_scale: float = 1.0):
       flat[name] = rng.randn(*shape)
   return checkpoints.unflatten_params(
       {k: jnp.asarray(v, jnp.float32) for k, v in flat.items()})
+
+
+def checkpoint_params_flat(model_dir) -> dict:
+  """The latest recjax checkpoint's params under `model_dir`, flat
+  ('a/b/c' -> numpy), restored on one device: what end-to-end tests compare
+  between runs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from recjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from recjax.train import checkpointing  # pylint: disable=g-import-not-at-top
+  meta = checkpointing.state_metadata(
+      checkpointing.latest_state_dir(str(model_dir)))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+      meta['params'])
+  params = checkpointing.restore_params_from_recjax_dir(str(model_dir),
+                                                        abstract)
+  return checkpoints.flatten_params(jax.device_get(params))
+
+
+@contextlib.contextmanager
+def gin_config(files, bindings):
+  """The gin config of one job (files + bindings, as the CLI parses them),
+  cleared afterwards."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from recjax.train import gin_utils  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin_flags(files, bindings)
+    yield
+  finally:
+    gin.clear_config()
+
