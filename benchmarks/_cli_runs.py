@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -74,6 +76,21 @@ class Runner:
 
   def elapsed(self) -> float:
     return time.perf_counter() - self.start
+
+
+def start_runner(work: pathlib.Path, outputs: list[pathlib.Path],
+                 prepared_dirs: list[pathlib.Path], resume: bool) -> Runner:
+  """A Runner in `work` whose commands see `prepared_dirs` registered
+  (RECJAX_DATA_DIR = their parent, RECJAX_PREPARED_DIRS); without `resume`
+  the script's own `outputs` are removed first (never the whole dir)."""
+  if not resume:
+    for path in outputs:
+      shutil.rmtree(path, ignore_errors=True)
+  work.mkdir(parents=True, exist_ok=True)
+  env = dict(os.environ, RECJAX_DATA_DIR=str(prepared_dirs[0].parent),
+             RECJAX_PREPARED_DIRS=os.pathsep.join(map(str, prepared_dirs)),
+             TF_CPP_MIN_LOG_LEVEL="3")
+  return Runner(work, env, resume)
 
 
 def read_rows(eval_dir: pathlib.Path, task: str) -> list[dict]:

@@ -57,9 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import shutil
 import sys
 
 import numpy as np
@@ -70,7 +68,7 @@ sys.path.insert(0, str(ROOT))
 from recjax.infer.metrics import rank_of  # noqa: E402  (pure numpy)
 # Shared with rsllm_lastfm.py (benchmarks/ is sys.path[0] when run as a script).
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _cli_runs import (Runner, StageError, mean_se,  # noqa: E402
+from _cli_runs import (StageError, mean_se, start_runner,  # noqa: E402
                        paired_diff, read_rows)
 
 VARIANTS = ("frozen_lm", "ilm", "ilm_unaligned")
@@ -174,15 +172,7 @@ def main(argv=None) -> int:
   outputs = [plain_dir, slots_dir, work / "logs", work / "lm", work / "bpr",
              work / "p1", work / "p2", work / "p2_unaligned",
              *(work / f"eval_{v}" for v in VARIANTS)]
-  if not args.resume:  # only what this script writes, never the whole dir
-    for path in outputs:
-      shutil.rmtree(path, ignore_errors=True)
-  work.mkdir(parents=True, exist_ok=True)
-  env = dict(os.environ, RECJAX_DATA_DIR=str(prepared),
-             RECJAX_PREPARED_DIRS=os.pathsep.join([str(plain_dir),
-                                                   str(slots_dir)]),
-             TF_CPP_MIN_LOG_LEVEL="3")
-  run = Runner(work, env, args.resume)
+  run = start_runner(work, outputs, [plain_dir, slots_dir], args.resume)
   print(f"ILM on ml-100k: workdir {work}; lm {args.lm_steps}, phase 1 "
         f"{args.p1_steps}, phase 2 {args.p2_steps} steps; cf {args.cf}; "
         f"slots {args.slots}", flush=True)

@@ -62,9 +62,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import pathlib
-import shutil
 import sys
 import time
 from typing import Sequence
@@ -75,7 +73,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _cli_runs import (Runner, StageError, mean_se,  # noqa: E402
+from _cli_runs import (StageError, mean_se, start_runner,  # noqa: E402
                        paired_diff, read_rows)
 
 VARIANTS = ("sasrec", "text_only", "rsllm", "rsllm_no_stage1",
@@ -461,15 +459,7 @@ def main(argv=None) -> int:
   outputs = [text_dir, slots_dir, work / "logs", stage1_dir, sasrec_dir,
              *(work / f"stage2_{v}" for v in STAGE2),
              *(work / f"eval_{v}" for v in LM_VARIANTS)]
-  if not args.resume:  # only what this script writes, never the whole dir
-    for path in outputs:
-      shutil.rmtree(path, ignore_errors=True)
-  work.mkdir(parents=True, exist_ok=True)
-  env = dict(os.environ, RECJAX_DATA_DIR=str(prepared),
-             RECJAX_PREPARED_DIRS=os.pathsep.join([str(text_dir),
-                                                   str(slots_dir)]),
-             TF_CPP_MIN_LOG_LEVEL="3")
-  run = Runner(work, env, args.resume)
+  run = start_runner(work, outputs, [text_dir, slots_dir], args.resume)
   print(f"RSLLM on LLaRA's LastFM: workdir {work}; variants "
         f"{','.join(variants)}; stage 1 {args.stage1_steps}, stage 2 "
         f"{args.stage2_steps} steps; SASRec epochs "
