@@ -60,7 +60,7 @@ def candidate_metrics(user_vectors: np.ndarray, item_embeddings: np.ndarray,
   where = candidates == targets[:, None]
   if not where.any(axis=1).all():
     raise ValueError("a ranking case's candidates do not hold its target")
-  t = scores[where]
-  ranks = np.sum(scores >= t[:, None], axis=1).astype(np.int64)
+  ranks = metrics_lib.ranks_from_scores(scores, np.argmax(where, axis=1),
+                                        ties="pessimistic")
   return metrics_lib.metrics_from_ranks(ranks, ks=RANKING_KS,
                                         ndcg_ks=(5, 10))

@@ -89,8 +89,8 @@ def write_result(result: common.BaselineResult, data: PreparedData,
     if result.model_state is not None:
       from flax import serialization  # pylint: disable=g-import-not-at-top
       config, params = result.model_state
-      (tmp / "model.msgpack").write_bytes(serialization.msgpack_serialize(
-          jax_tree_to_numpy(params)))
+      (tmp / "model.msgpack").write_bytes(
+          serialization.msgpack_serialize(params))
       meta["model_config"] = dict(config)
       meta["files"]["model"] = {"file": "model.msgpack", "format": "flax msgpack"}
     _write_json(tmp / "embeddings.json", meta)
@@ -154,14 +154,18 @@ def run_baseline(model: str, data_dir: str, output_dir: str, *, seed: int = 0,
 
 
 def load_embeddings(output_dir: str | os.PathLike,
-                    data: PreparedData | None = None) -> dict[str, Any]:
-  """Reads a baseline's embeddings; refuses a catalogue whose item ids differ."""
+                    data: PreparedData | None = None, *,
+                    item_ids: list[str] | None = None) -> dict[str, Any]:
+  """Reads a baseline's embeddings; refuses a catalogue (`data`'s, or the
+  `item_ids` of a prepared directory's items.jsonl) whose item ids differ."""
   d = pathlib.Path(output_dir)
   meta = json.loads((d / "embeddings.json").read_text(encoding="utf-8"))
   if meta.get("format") != EMBEDDINGS_FORMAT:
     raise ValueError(f"{d / 'embeddings.json'}: format {meta.get('format')!r}")
   if data is not None:
-    got = common.item_checksum(data.item_ids)
+    item_ids = data.item_ids
+  if item_ids is not None:
+    got = common.item_checksum(item_ids)
     if got != meta["item_ids_checksum"]:
       raise ValueError(f"{d}: embeddings were trained on another catalogue "
                        f"({meta['item_ids_checksum']} != {got})")
@@ -174,12 +178,14 @@ def load_embeddings(output_dir: str | os.PathLike,
 
 
 def load_model(output_dir: str | os.PathLike,
-               data: PreparedData | None = None) -> tuple[dict[str, Any], Any]:
+               data: PreparedData | None = None, *,
+               item_ids: list[str] | None = None
+              ) -> tuple[dict[str, Any], Any]:
   """(model config dict, params) of a baseline that saved its model (SASRec);
   refuses, as `load_embeddings`, another catalogue, naming the files."""
   from flax import serialization  # pylint: disable=g-import-not-at-top
   d = pathlib.Path(output_dir)
-  meta = load_embeddings(d, data)["meta"]
+  meta = load_embeddings(d, data, item_ids=item_ids)["meta"]
   if "model_config" not in meta or not (d / "model.msgpack").is_file():
     raise ValueError(
         f"{d}: no saved model (model.msgpack); it is written by `recjax "
@@ -187,13 +193,6 @@ def load_model(output_dir: str | os.PathLike,
         "or one written before models were saved: re-run the baseline)")
   params = serialization.msgpack_restore((d / "model.msgpack").read_bytes())
   return meta["model_config"], params
-
-
-def jax_tree_to_numpy(tree: Any) -> Any:
-  """Nested dicts of arrays -> the same of numpy arrays (msgpack-ready)."""
-  if isinstance(tree, dict):
-    return {k: jax_tree_to_numpy(v) for k, v in tree.items()}
-  return np.asarray(tree)
 
 
 def _write_json(path: pathlib.Path, obj: Any) -> None:

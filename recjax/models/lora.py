@@ -43,6 +43,14 @@ LORA_PARAM_PATTERN = r'/lora_[ab]$'
 # Frozen-parameter regexes (trainer `frozen_patterns`): everything that is not
 # an adapter matrix.
 FROZEN_BASE_PATTERNS = (rf'^(?!.*{LORA_PARAM_PATTERN})',)
+
+
+def frozen_base_patterns(keep_trainable: str | None = None) -> tuple:
+  """FROZEN_BASE_PATTERNS, leaving the top-level subtree `keep_trainable`
+  (e.g. a slot module beside the LM: RSLLM's projector) trainable too."""
+  if keep_trainable is None:
+    return FROZEN_BASE_PATTERNS
+  return (rf'^(?!{keep_trainable}/)(?!.*{LORA_PARAM_PATTERN})',)
 # PEFT: kaiming_uniform_(a=sqrt(5)) -> bound 1/sqrt(fan_in).
 lora_a_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 

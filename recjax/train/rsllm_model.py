@@ -195,16 +195,16 @@ def item_title_tokens(mixture_or_task_name: str = gin.REQUIRED,
   it has none) in the task's input vocabulary, cut and 0-padded; the text
   side of RSLLM's ID-text InfoNCE."""
   import seqio  # pylint: disable=g-import-not-at-top
-  from recjax.data.prepared import PreparedData  # pylint: disable=g-import-not-at-top
+  from recjax.data.prepared import read_items  # pylint: disable=g-import-not-at-top
+  from recjax.prompts.common import clean_text  # pylint: disable=g-import-not-at-top
   from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
-  data = PreparedData.load(registry.prepared_dir_of_task(mixture_or_task_name))
+  items = read_items(registry.prepared_dir_of_task(mixture_or_task_name))
   vocab = seqio.get_mixture_or_task(
       mixture_or_task_name).output_features['inputs'].vocabulary
-  out = np.zeros((data.num_items, int(max_tokens)), np.int32)
-  for n, item in enumerate(data.items):
-    text = ' '.join(str(item.get('title') or item['id']).split())
-    ids = list(vocab.encode(text))[:max_tokens]
-    out[n, :len(ids)] = ids
+  out = np.zeros((len(items), int(max_tokens)), np.int32)
+  for n, item in enumerate(items):
+    ids = list(vocab.encode(clean_text(item.get('title')) or item['id']))
+    out[n, :len(ids[:max_tokens])] = ids[:max_tokens]
   return out
 
 
@@ -217,14 +217,15 @@ def rsllm_projector(config=gin.REQUIRED, *,
   behind `mixture_or_task_name`; a SASRec of another catalogue (item ids
   differ) is refused, naming both."""
   from recjax.baselines import cli as baselines_cli  # pylint: disable=g-import-not-at-top
-  from recjax.data.prepared import PreparedData  # pylint: disable=g-import-not-at-top
+  from recjax.data.prepared import read_items  # pylint: disable=g-import-not-at-top
   from recjax.models import hybrid  # pylint: disable=g-import-not-at-top
   from recjax.models.sasrec import SASRecConfig  # pylint: disable=g-import-not-at-top
   from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
   prepared_dir = registry.prepared_dir_of_task(mixture_or_task_name)
-  data = PreparedData.load(prepared_dir)
+  item_ids = [str(it['id']) for it in read_items(prepared_dir)]
   try:
-    model_config, values = baselines_cli.load_model(sasrec_dir, data)
+    model_config, values = baselines_cli.load_model(sasrec_dir,
+                                                    item_ids=item_ids)
   except ValueError as e:
     raise ValueError(f'RSLLM projector for {prepared_dir}: {e}') from None
   rc = SASRecConfig(**model_config)

@@ -230,10 +230,8 @@ def training_frozen_patterns(model: Any,
   if lora_config(model) is not None:
     # The LM's base; a slot module's subtree (RSLLM's projector) is not
     # part of it and trains beside the adapters.
-    key = getattr(model, 'params_key', None)
-    frozen += (lora_lib.FROZEN_BASE_PATTERNS if key is None else tuple(
-        f'^(?!{key}/)' + p.lstrip('^') for p in
-        lora_lib.FROZEN_BASE_PATTERNS))
+    frozen += lora_lib.frozen_base_patterns(
+        getattr(model, 'params_key', None))
   # Parameters the model itself never trains (e.g. a recommender's item
   # table inside ILM's encoder): frozen, so they cost no optimizer state.
   frozen += tuple(getattr(model, 'frozen_param_patterns', ()) or ())
