@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -55,19 +56,19 @@ def _tree_rss(root: int) -> int:
   return total
 
 
-def _measure(cmd: list[str]) -> tuple[float, float, str]:
-  """(seconds, peak tree RSS in GiB, stdout) of a subprocess."""
+def _measure(cmd: list[str]) -> tuple[float, list[tuple[float, int]], str]:
+  """(seconds, [(unix time, tree RSS bytes)] samples, stdout) of a subprocess."""
   start = time.perf_counter()
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  peak = 0
+  samples = []
   while proc.poll() is None:
-    peak = max(peak, _tree_rss(proc.pid))
+    samples.append((time.time(), _tree_rss(proc.pid)))
     time.sleep(0.2)
   out = proc.stdout.read()
   if proc.returncode:
     raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode})")
-  return time.perf_counter() - start, peak / 2**30, out
+  return time.perf_counter() - start, samples, out
 
 
 def _child(args) -> None:
@@ -86,6 +87,10 @@ def _child(args) -> None:
                                    dir=args.tmp) as tmp:
     out = pathlib.Path(tmp)
     data.write_into(out)
+    # The launcher's global steps (generate/load, k-core, id maps) are numpy
+    # over whole columns; their peak is this process's high-water mark so far.
+    build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    write_start = time.time()
     kwargs = dict(config=PromptConfig(), seed=args.seed,
                   num_shards=args.num_shards)
     if args.child == "beam":
@@ -97,7 +102,9 @@ def _child(args) -> None:
     disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
   examples = sum(n for s in manifest["counts"].values() for n in s.values())
   print(json.dumps({"interactions": data.num_interactions,
-                    "examples": examples, "disk_gib": disk / 2**30}))
+                    "examples": examples, "disk_gib": disk / 2**30,
+                    "build_peak_rss_gib": build_peak / 2**30,
+                    "write_start": write_start}))
 
 
 def main(argv=None) -> dict:
@@ -130,27 +137,39 @@ def main(argv=None) -> dict:
              str(args.workers), "--seed", str(args.seed)]
       cmd += ["--num_shards", str(args.num_shards)] if args.num_shards else []
       cmd += ["--tmp", args.tmp] if args.tmp else []
-      secs, peak, out = _measure(cmd)
+      secs, samples, out = _measure(cmd)
       info = json.loads(out.strip().splitlines()[-1])
+      peak = max(r for _, r in samples) / 2**30
+      write_peak = max((r for t, r in samples if t >= info["write_start"]),
+                       default=0) / 2**30
       row.update(interactions=info["interactions"], examples=info["examples"],
-                 disk_gib=round(info["disk_gib"], 2))
+                 disk_gib=round(info["disk_gib"], 2),
+                 build_peak_rss_gib=round(info["build_peak_rss_gib"], 3))
       row[f"{path}_seconds"] = round(secs, 1)
       row[f"{path}_peak_rss_gib"] = round(peak, 3)
-      print(f"  {size:,}: {path} {secs:.1f}s, peak tree RSS {peak:.2f} GiB",
+      row[f"{path}_write_peak_rss_gib"] = round(write_peak, 3)
+      print(f"  {size:,}: {path} {secs:.1f}s, peak tree RSS {peak:.2f} GiB "
+            f"(writing the task files {write_peak:.2f} GiB; the launcher's "
+            f"global steps before it {info['build_peak_rss_gib']:.2f} GiB)",
             file=sys.stderr, flush=True)
     rows.append(row)
 
   print(f"{'interactions':>12s} {'examples':>11s} {'single s':>9s} "
-        f"{'beam s':>8s} {'single GiB':>11s} {'beam GiB':>9s}")
+        f"{'beam s':>8s} {'single GiB':>11s} {'beam GiB':>9s} "
+        f"{'beam write GiB':>15s} {'global steps GiB':>17s}")
   for r in rows:
     def f(key, fmt):
       return format(r[key], fmt) if key in r else "-"
     print(f"{r['interactions']:12,d} {r['examples']:11,d} "
           f"{f('single_seconds', '9.1f'):>9s} {f('beam_seconds', '8.1f'):>8s} "
           f"{f('single_peak_rss_gib', '11.2f'):>11s} "
-          f"{f('beam_peak_rss_gib', '9.2f'):>9s}")
+          f"{f('beam_peak_rss_gib', '9.2f'):>9s} "
+          f"{f('beam_write_peak_rss_gib', '15.2f'):>15s} "
+          f"{f('build_peak_rss_gib', '17.2f'):>17s}")
   print(f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-        f"peak = summed RSS of each run's process tree)")
+        f"peak = summed RSS of each run's process tree; 'write' = while the "
+        f"task files are written; 'global steps' = the launcher's numpy "
+        f"steps before that, over whole columns)")
   last = rows[-1]
   result = {"interactions": last["interactions"],
             "beam_seconds": last.get("beam_seconds"),

@@ -57,31 +57,46 @@ def test_every_shard_and_the_manifest_equal_the_single_process_path(written):
   assert not (beamed / ".beam_counts").exists()
 
 
-def test_npz_member_maps_the_arrays_np_load_reads(tmp_path):
+def test_npz_ranges_read_what_np_load_reads(tmp_path):
   path = tmp_path / "a.npz"
   arrays = {"ptr": np.array([0, 2, 5], np.int64),
             "items": np.arange(5, dtype=np.int32) * 7,
             "ratings": np.array([1.5, np.nan, 3, 4, 5], np.float32),
+            "pairs": np.arange(12, dtype=np.int16).reshape(6, 2),
             "empty": np.zeros(0, np.float64)}
   np.savez(path, **arrays)
+  ranges = beam_prepare.NpzRanges(path, list(arrays))
   for name, want in arrays.items():
-    got = beam_prepare.npz_member(path, name)
-    assert got.dtype == want.dtype
-    np.testing.assert_array_equal(got, want)
+    assert ranges.shape(name) == want.shape
+    for lo, hi in [(0, len(want)), (1, 3), (2, 99), (4, 2)]:
+      got = ranges.read(name, lo, hi)
+      assert got.dtype == want.dtype
+      np.testing.assert_array_equal(got, want[lo:hi])
   np.savez_compressed(tmp_path / "c.npz", x=np.arange(3))
   with pytest.raises(ValueError, match="compressed"):
-    beam_prepare.npz_member(tmp_path / "c.npz", "x")
+    beam_prepare.NpzRanges(tmp_path / "c.npz", ["x"])
 
 
-def test_read_users_keys_each_user_by_its_shard(written):
+@pytest.mark.parametrize("users_per_read", [1, 4, 50_000])
+def test_shard_users_are_the_users_of_the_shard(written, users_per_read):
   single = written[0]
   from recjax.data.prepared import PreparedData  # pylint: disable=g-import-not-at-top
   data = PreparedData.load(single)
-  got = list(beam_prepare.read_users(str(single), 2, 7, 3))
-  assert [(s, u) for s, (u, _, _) in got] == [(u % 3, u) for u in range(2, 7)]
-  for _, (u, seq, rts) in got:
-    np.testing.assert_array_equal(seq, data.sequence(u))
-    np.testing.assert_array_equal(rts, data.ratings(u))
+  seen = set()
+  for shard in range(3):
+    got = beam_prepare.read_shard_users(single, shard, 3,
+                                        users_per_read=users_per_read)
+    assert sorted(got) == list(range(shard, data.num_users, 3))
+    for u, (seq, rts) in got.items():
+      np.testing.assert_array_equal(seq, data.sequence(u))
+      np.testing.assert_array_equal(rts, data.ratings(u))
+    seen |= set(got)
+  assert seen == set(range(data.num_users))
+  lazy = beam_prepare.UsersOnDemand(single)
+  for u in (0, 7, data.num_users - 1):
+    np.testing.assert_array_equal(lazy.get(u)[0], data.sequence(u))
+    np.testing.assert_array_equal(lazy.get(u)[1], data.ratings(u))
+  assert lazy.get(data.num_users, "absent") == "absent"
 
 
 def test_missing_prepared_files_name_the_file(tmp_path):

@@ -130,3 +130,34 @@ def test_batches_and_host_batch_size():
   np.testing.assert_array_equal(np.asarray(batch['x']),
                                 np.arange(16).reshape(8, 2))
   assert batch['x'].addressable_shards[0].data.shape == (2, 2)
+
+
+def test_partitioned_functions_apply_the_activation_rules():
+  """The models' `nn.with_logical_constraint`s reach XLA only under a mesh
+  and rules context; `Partitioner.partition` traces inside one, a bare
+  jax.jit (no context) drops them."""
+  from recjax.models import t5  # pylint: disable=g-import-not-at-top
+  cfg = t5.T5Config(vocab_size=64, emb_dim=16, num_heads=4, head_dim=8,
+                    mlp_dim=32, num_encoder_layers=1, num_decoder_layers=1,
+                    dtype='float32')
+  module = t5.Transformer(cfg)
+  tokens = jnp.ones((4, 8), jnp.int32)
+  params = jax.eval_shape(
+      lambda: module.init(jax.random.PRNGKey(0), tokens, tokens, tokens,
+                          enable_dropout=False))
+
+  def forward(params, tokens):
+    return module.apply(params, tokens, tokens, tokens, enable_dropout=False)
+
+  part = partitioning.Partitioner(mesh_shape=(2, 4))
+  partitioned = part.partition(
+      forward, in_shardings=(part.replicated(), part.data_sharding()),
+      out_shardings=part.data_sharding()).lower(params, tokens).as_text()
+  bare = jax.jit(forward).lower(params, tokens).as_text()
+  assert 'sharding_constraint' not in bare
+  # ('batch', 'length', 'embed') -> [data, -, -]; q/k/v ('batch', 'length',
+  # 'heads', 'kv') -> [data, -, model, -]; the MLP ('batch', 'length', 'mlp')
+  # -> [data, -, model].
+  assert '[{"data"}, {}, {}]' in partitioned
+  assert '[{"data"}, {}, {"model"}, {}]' in partitioned
+  assert '[{"data"}, {}, {"model"}]' in partitioned

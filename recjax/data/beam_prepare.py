@@ -14,19 +14,20 @@ What runs where:
     tens of bytes per interaction). Splits need no global step: leave-one-out
     is a function of one user's sequence.
   pipeline:
-    read      user ranges of `sequences.npz` (memory-mapped, so a worker
-              touches only its range) -> one record per user, keyed by
-              shard (user % num_shards)
-    group     GroupByKey: a shard's users (item indices and ratings only;
-              ~8 bytes per interaction go through the shuffle, never the
-              examples)
-    write     per shard: the prompt functions over a `ShardView` of its
-              users, every (task, split) file of that shard written in
-              user order by one worker (item tasks, mlm and ie, take the
-              shard's catalogue items); one more key trains the vocabulary
-              from the same bounded sample as the single-process path
-  A worker holds the catalogue, one shard's users and the open files, so its
-  memory does not grow with the log; more shards (`num_shards`) bound it.
+    keys      one element per shard, plus one for the vocabulary, spread
+              over the workers (Reshuffle); no user data goes through the
+              runner, so its memory does not grow with the log
+    write     per shard: the worker reads its own users (user % num_shards
+              == shard) from `sequences.npz` in bounded windows (plain file
+              reads, not a memory map, so the rest of the file never becomes
+              part of its resident memory), runs the prompt functions over a
+              `ShardView` of them and writes every (task, split) file of the
+              shard in user order (item tasks, mlm and ie, take the shard's
+              catalogue items). The vocabulary key trains the vocabulary from
+              the same bounded sample as the single-process path, reading the
+              sampled users one by one.
+  A worker holds the catalogue, one shard's users (~8 bytes per interaction
+  of its shard) and the open files; more shards (`num_shards`) bound it.
   Output paths must be visible to every worker (a shared filesystem; for
   Dataflow, e.g. a GCS FUSE mount).
 """
@@ -59,11 +60,10 @@ def _log(msg: str) -> None:
 
 
 # ---- reading the prepared arrays ------------------------------------------------
-def npz_member(path: str | os.PathLike, name: str) -> np.ndarray:
-  """A memory map of one array of an uncompressed `.npz` (np.savez's output).
-
-  np.load reads a whole member; a map lets a worker touch only its range.
-  """
+def npz_member_location(path: str | os.PathLike, name: str
+                        ) -> tuple[int, np.dtype, tuple[int, ...]]:
+  """(byte offset, dtype, shape) of one array of an uncompressed `.npz`
+  (np.savez's output), so that a worker can read a range of it."""
   with zipfile.ZipFile(path) as z:
     info = z.getinfo(f"{name}.npy")
   if info.compress_type != zipfile.ZIP_STORED:
@@ -82,23 +82,85 @@ def npz_member(path: str | os.PathLike, name: str) -> np.ndarray:
     offset = f.tell()
   if fortran:
     raise ValueError(f"{path}: {name} is Fortran-ordered")
-  if not int(np.prod(shape)):
-    return np.zeros(shape, dtype)
-  return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+  return offset, np.dtype(dtype), tuple(shape)
 
 
-def read_users(prepared_dir: str, lo: int, hi: int, num_shards: int
-               ) -> Iterator[tuple[int, tuple[int, np.ndarray, np.ndarray]]]:
-  """(shard, (user, items, ratings)) for users [lo, hi) of a prepared dir."""
-  npz = os.path.join(prepared_dir, "sequences.npz")
-  ptr = npz_member(npz, "user_ptr")
-  start, end = int(ptr[lo]), int(ptr[hi])
-  items = np.array(npz_member(npz, "items")[start:end])
-  ratings = np.array(npz_member(npz, "ratings")[start:end])
-  bounds = np.asarray(ptr[lo:hi + 1], np.int64) - start
-  for k, u in enumerate(range(lo, hi)):
-    a, b = bounds[k], bounds[k + 1]
-    yield u % num_shards, (u, items[a:b], ratings[a:b])
+class NpzRanges:
+  """Reads ranges of the members of an uncompressed `.npz` with plain file
+  reads: memory holds what was read, never a mapping of the whole file."""
+
+  def __init__(self, path: str | os.PathLike, names: Sequence[str]):
+    self.path = str(path)
+    self._where = {n: npz_member_location(path, n) for n in names}
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return self._where[name][2]
+
+  def read(self, name: str, start: int, stop: int) -> np.ndarray:
+    offset, dtype, shape = self._where[name]
+    start, stop = max(0, int(start)), min(int(stop), int(shape[0]))
+    if stop <= start:
+      return np.zeros((0,) + shape[1:], dtype)
+    row = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+    out = np.fromfile(self.path, dtype=dtype, count=(stop - start) * row //
+                      dtype.itemsize, offset=offset + start * row)
+    return out.reshape((stop - start,) + shape[1:])
+
+
+def _sequences(prepared_dir: str | os.PathLike) -> NpzRanges:
+  return NpzRanges(os.path.join(prepared_dir, "sequences.npz"),
+                   ("user_ptr", "items", "ratings"))
+
+
+def read_shard_users(prepared_dir: str | os.PathLike, shard: int,
+                     num_shards: int, *, users_per_read: int = _USERS_PER_READ
+                     ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+  """{user: (items, ratings)} for the users u % num_shards == shard.
+
+  Reads `users_per_read` users' interactions at a time and keeps only the
+  shard's, packed into one array per field (views into it are returned).
+  """
+  seqs = _sequences(prepared_dir)
+  num_users = seqs.shape("user_ptr")[0] - 1
+  parts_items, parts_ratings, spans = [], [], []
+  kept = 0
+  for lo in range(0, num_users, users_per_read):
+    hi = min(lo + users_per_read, num_users)
+    ptr = seqs.read("user_ptr", lo, hi + 1).astype(np.int64)
+    first = lo + (shard - lo) % num_shards
+    users = np.arange(first, hi, num_shards)
+    if not len(users):
+      continue
+    begin, end = ptr[users - lo], ptr[users - lo + 1]
+    lengths = end - begin
+    # Positions of the kept users' interactions inside this window.
+    pos = (np.repeat(begin - ptr[0] - np.cumsum(lengths) + lengths, lengths)
+           + np.arange(int(lengths.sum())))
+    parts_items.append(seqs.read("items", ptr[0], ptr[-1])[pos])
+    parts_ratings.append(seqs.read("ratings", ptr[0], ptr[-1])[pos])
+    for u, n in zip(users.tolist(), lengths.tolist()):
+      spans.append((u, kept, kept + n))
+      kept += n
+  items = (np.concatenate(parts_items) if parts_items else
+           np.zeros(0, np.int32))
+  ratings = (np.concatenate(parts_ratings) if parts_ratings else
+             np.zeros(0, np.float32))
+  return {u: (items[a:b], ratings[a:b]) for u, a, b in spans}
+
+
+class UsersOnDemand:
+  """{user: (items, ratings)} read from `sequences.npz` per lookup, for a
+  sparse sample of users (the vocabulary's); holds nothing between reads."""
+
+  def __init__(self, prepared_dir: str | os.PathLike):
+    self._seqs = _sequences(prepared_dir)
+    self._num_users = self._seqs.shape("user_ptr")[0] - 1
+
+  def get(self, user: int, default=None):
+    if not 0 <= user < self._num_users:
+      return default
+    a, b = self._seqs.read("user_ptr", user, user + 2).tolist()
+    return (self._seqs.read("items", a, b), self._seqs.read("ratings", a, b))
 
 
 # ---- the prompt functions' view of one shard ---------------------------------------
@@ -141,13 +203,15 @@ class _Plan:
     self.__dict__.update(kwargs)
 
 
-def _write_shard(plan: _Plan, shard: int, records) -> None:
+def _view(plan: _Plan, users) -> "ShardView":
+  return ShardView(read_items(pathlib.Path(plan.directory)), plan.num_users,
+                   users, plan.has_ratings, plan.rating_range)
+
+
+def _write_shard(plan: _Plan, shard: int) -> None:
   """Writes every (task, split) file of one shard; counts go to a sidecar."""
   directory = pathlib.Path(plan.directory)
-  users = {u: (seq, rts) for rec in records if rec is not None
-           for u, seq, rts in [rec]}
-  view = ShardView(read_items(directory), plan.num_users, users,
-                   plan.has_ratings, plan.rating_range)
+  view = _view(plan, read_shard_users(directory, shard, plan.num_shards))
   counts = []
   for task, split in plan.pairs:
     n = export.write_shard_file(view, directory, task, split, shard,
@@ -159,10 +223,10 @@ def _write_shard(plan: _Plan, shard: int, records) -> None:
 
 def _train_vocab(plan: _Plan) -> None:
   directory = pathlib.Path(plan.directory)
-  data = PreparedData.load(directory)
   size = export.train_vocabulary(
-      data, directory / export.VOCAB_PATH, config=plan.config, seed=plan.seed,
-      tasks=plan.tasks, vocab_size=plan.vocab_size)
+      _view(plan, UsersOnDemand(directory)), directory / export.VOCAB_PATH,
+      config=plan.config, seed=plan.seed, tasks=plan.tasks,
+      vocab_size=plan.vocab_size)
   _write_counts(directory, "vocab", {"vocab_size": size})
 
 
@@ -173,12 +237,11 @@ def _write_counts(directory: pathlib.Path, name: str, obj: Any) -> None:
   os.replace(tmp, path)  # a retried bundle overwrites, never duplicates
 
 
-def _process_group(plan: _Plan, key_records) -> Iterator[int]:
-  key, records = key_records
+def _process_key(plan: _Plan, key: int) -> Iterator[int]:
   if key == VOCAB_KEY:
     _train_vocab(plan)
   else:
-    _write_shard(plan, key, records)
+    _write_shard(plan, key)
   yield key
 
 
@@ -195,25 +258,18 @@ def pipeline_options(runner: str, num_workers: int,
   return PipelineOptions(args + list(pipeline_args))
 
 
-def build_pipeline(p, plan: _Plan, *, users_per_read: int = _USERS_PER_READ):
-  """Adds the read -> group by shard -> write transforms to pipeline `p`."""
+def build_pipeline(p, plan: _Plan):
+  """Adds the keys -> write transforms to pipeline `p`."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  ranges = [(lo, min(lo + users_per_read, plan.num_users))
-            for lo in range(0, plan.num_users, users_per_read)]
-  users = (p | "UserRanges" >> beam.Create(ranges)
-           | "ReadUsers" >> beam.FlatMap(
-               lambda r, d, s: read_users(d, r[0], r[1], s), plan.directory,
-               plan.num_shards))
   # Every shard exists even without users (item tasks, tiny logs); the
-  # vocabulary is one more key so it trains beside the shards.
-  keys = [(s, None) for s in range(plan.num_shards)]
-  if plan.train_vocab:
-    keys.append((VOCAB_KEY, None))
-  markers = p | "ShardKeys" >> beam.Create(keys)
-  return ((users, markers) | "Union" >> beam.Flatten()
-          | "GroupByShard" >> beam.GroupByKey()
+  # vocabulary is one more key so it trains beside the shards. The
+  # vocabulary goes first: it is the longest single unit.
+  keys = ([VOCAB_KEY] if plan.train_vocab else []) + list(
+      range(plan.num_shards))
+  return (p | "ShardKeys" >> beam.Create(keys)
+          | "SpreadOverWorkers" >> beam.Reshuffle()
           | "WriteShards" >> beam.FlatMap(
-              lambda kv, pl: _process_group(pl, kv), plan))
+              lambda key, pl: _process_key(pl, key), plan))
 
 
 # ---- the entry point ---------------------------------------------------------------

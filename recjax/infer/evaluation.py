@@ -287,8 +287,9 @@ class InferenceRunner:
 
   def _jit(self, key, make):
     if key not in self._fns:
-      self._fns[key] = jax.jit(make(),
-                               out_shardings=self.partitioner.replicated())
+      self._fns[key] = jax.jit(
+          self.partitioner.with_activation_rules(make()),
+          out_shardings=self.partitioner.replicated())
     return self._fns[key]
 
   def constraint(self, trie) -> Any:

@@ -227,6 +227,11 @@ def context(data: PreparedData, config: PromptConfig) -> Context:
       return hit[1]
   ctx = Context.build(data, config)
   with _CACHE_LOCK:
+    # A context lives as long as its data: a Beam worker builds one per
+    # shard view, and dead views' contexts (a catalogue's strings each)
+    # would otherwise pile up.
+    for k in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
+      del _CACHE[k]
     if len(_CACHE) > 16:
       _CACHE.clear()
     _CACHE[key] = (weakref.ref(data), ctx)

@@ -6,6 +6,8 @@ them onto mesh axes exactly as T5X's `standard_logical_axis_rules` does.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
@@ -332,11 +334,35 @@ class Partitioner:
     return out
 
   # --- compilation -----------------------------------------------------------
+  @contextlib.contextmanager
+  def activation_rules(self):
+    """Makes the models' `nn.with_logical_constraint`s real while tracing.
+
+    Outside a mesh and rules context those constraints are no-ops, and XLA
+    is then free to choose any layout for the activations around sharded
+    weights (with 2-D parameter rules it gathers whole activations: see the
+    README's "Scaling out"). Entered inside every function this partitioner
+    jits, as T5X's partitioner does.
+    """
+    with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh), \
+        nn.logical_axis_rules(self.logical_axis_rules):
+      yield
+
+  def with_activation_rules(self, fn: Callable) -> Callable:
+    """`fn` traced under `activation_rules` (for a jit this class does not
+    make, e.g. inference's cached ones)."""
+    @functools.wraps(fn)
+    def traced_under_rules(*args, **kwargs):
+      with self.activation_rules():
+        return fn(*args, **kwargs)
+    return traced_under_rules
+
   def partition(self, fn: Callable, in_shardings, out_shardings,
                 static_argnums=(), donate_argnums=()) -> Callable:
-    """jax.jit with explicit shardings (T5X's `partition`, pjit's successor)."""
-    return jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                   static_argnums=static_argnums,
+    """jax.jit with explicit shardings (T5X's `partition`, pjit's successor),
+    traced under the activation rules."""
+    return jax.jit(self.with_activation_rules(fn), in_shardings=in_shardings,
+                   out_shardings=out_shardings, static_argnums=static_argnums,
                    donate_argnums=donate_argnums)
 
   def __repr__(self):

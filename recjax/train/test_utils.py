@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -125,11 +125,29 @@ def run_train_steps(model, mesh_shape, tx_fn, batches, input_shapes, *,
   return metrics, state, init_params
 
 
+class _Dense(nn.Module):
+  """flax's DenseGeneral (same init, same values) whose kernel is boxed at
+  its own shape: DenseGeneral boxes the flat initial kernel, which the
+  partitioner's activation rules then refuse (3 axis names on 2 dims)."""
+  features: Any
+  axes: Tuple[str, ...]
+  contract_dims: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    features = tuple(np.atleast_1d(self.features).tolist())
+    in_shape = x.shape[x.ndim - self.contract_dims:]
+    def init(rng, shape, dtype=jnp.float32):
+      flat = (int(np.prod(in_shape)), int(np.prod(features)))
+      return nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')(
+          rng, flat, dtype).reshape(shape)
+    kernel = self.param('kernel', nn.with_logical_partitioning(init, self.axes),
+                        in_shape + features)
+    return jnp.tensordot(x, kernel, self.contract_dims)
+
+
 def _dense(features, axes, name):
-  return nn.DenseGeneral(
-      features, use_bias=False, name=name,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'), axes))
+  return _Dense(features, axes, name=name)
 
 
 class TinyEncoderDecoder(nn.Module):
@@ -167,11 +185,8 @@ class TinyEncoderDecoder(nn.Module):
     att = jnp.where(mask, att, -1e9)
     att = nn.softmax(att, axis=-1)
     o = jnp.einsum('bhqk,bkhd->bqhd', att, v)
-    y = y + nn.DenseGeneral(
-        cfg.emb_dim, axis=(-2, -1), use_bias=False, name='out',
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, 'fan_in', 'normal'),
-            ('heads', 'kv', 'embed')))(o)
+    y = y + _Dense(cfg.emb_dim, ('heads', 'kv', 'embed'), contract_dims=2,
+                   name='out')(o)
     h = nn.gelu(_dense(cfg.mlp_dim, ('embed', 'mlp'), 'dec_wi')(y))
     y = y + _dense(cfg.emb_dim, ('mlp', 'embed'), 'dec_wo')(drop(h))
     scale = self.param('final_scale', nn.with_logical_partitioning(
