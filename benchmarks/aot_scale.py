@@ -1,10 +1,10 @@
-"""Will it fit? Compile-ahead sizing of FLAN-T5 (and 7B decoder-only) on TPU slices.
+"""Will it fit? Compile-ahead sizing of FLAN-T5 and 7B decoder-only LMs on TPU.
 
   .venv/bin/python benchmarks/aot_scale.py                       # default grid
   .venv/bin/python benchmarks/aot_scale.py --models=xxl --topologies=v5e-256 \
       --partitionings=2d --num_partitions=xxl=16 --batch_size=256
   .venv/bin/python benchmarks/aot_scale.py --full                # whole grid
-  .venv/bin/python benchmarks/aot_scale.py --full --state_only   # state bytes only
+  .venv/bin/python benchmarks/aot_scale.py --full --state_only   # state only
 
 Needs the libtpu wheel (`pip install '.[tpu_aot]'`); no TPU. For each
 (model, slice, partitioning) the real train step (trainer.make_train_step,
@@ -16,16 +16,20 @@ peak bytes against the chip's HBM, the step's FLOPs per chip and its roofline
 time at the chip's bf16 peak. A configuration XLA cannot fit fails to
 compile; its row says NO with the bytes XLA reports.
 
-Compiling is CPU-bound and slow on a small machine (on the shared 2-core
-development machine one XXL train+decode compile for 256 chips ran over 15
-minutes and ~8 GB of RAM without finishing), so the default grid is the
-question the README answers: XXL on v5e-256, 1-D and 2-D, plus base and XL
-on v5e-16. `--full` runs every model (base, XL, XXL and the 7B decoder-only
-gins present in gin_configs/models) on v5e-16, v5e-256, v4-128 and v5p-128
-with 1-D and 2-D partitioning; `--models/--topologies/--partitionings` pick a
-sub-grid. `--state_only` skips compiling: the exact per-chip parameter and
-optimizer-state bytes of any grid in about a minute (temporaries, peak and
-FLOPs need the compile).
+Compiling a whole 24- to 32-layer model is CPU-bound and slow: FLAN-T5-XL's
+train step for v5e-16 took 15 minutes and 18 GB of host memory on the
+2-core development machine, and XXL's for v5e-256 was killed at 21 GB. So
+by default each row is sized from compiles of the same model cut to 2 and
+3 layers (`aot.size_model_by_depth`: state bytes exact, compiled figures
+extended linearly in depth, rows marked '~'; about 6 minutes and 7 GB a
+row); `--full_depth` compiles whole models, `--layers` picks the depths.
+The default grid is the question the README answers: XXL on v5e-256, 1-D
+and 2-D, plus base and XL on v5e-16. `--full` runs every model (base, XL,
+XXL and the 7B decoder-only gins present in gin_configs/models) on v5e-16,
+v5e-256, v4-128 and v5p-128 with 1-D and 2-D partitioning;
+`--models/--topologies/--partitionings` pick a sub-grid. `--state_only`
+skips compiling: the exact per-chip parameter and optimizer-state bytes of
+any grid in about a minute (temporaries, peak and FLOPs need the compile).
 
 The last line is one JSON object: {"results": [one entry per (model,
 topology, partitioning)], "wall_seconds": ...}.
@@ -33,6 +37,7 @@ topology, partitioning)], "wall_seconds": ...}.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -96,6 +101,11 @@ def main():
   ap.add_argument('--num_microbatches', type=int, default=None)
   ap.add_argument('--no_decode', action='store_true')
   ap.add_argument('--num_beams', type=int, default=4)
+  ap.add_argument('--full_depth', action='store_true',
+                  help='compile whole models (default: extrapolate from '
+                  '--layers; a 24-layer model takes 15+ min and 18+ GB)')
+  ap.add_argument('--layers', default='2,3',
+                  help='the two depths compiled for the extrapolation')
   ap.add_argument('--state_only', action='store_true',
                   help='per-chip parameter and optimizer bytes only (no '
                   'compile: seconds per entry); temp/peak/FLOPs stay empty')
@@ -118,6 +128,7 @@ def main():
     sys.exit(f'aot_scale: unknown or absent models {unknown}; have {have}')
   nparts = {**NUM_PARTITIONS, **parse_map(args.num_partitions)}
   lengths = {'inputs': args.inputs_length, 'targets': args.targets_length}
+  layers = tuple(int(x) for x in args.layers.split(','))
 
   start = time.time()
   reports, configs = [], {}
@@ -130,8 +141,11 @@ def main():
     print(f'[aot_scale] {model_name} on {topology.accelerator_type} '
           f'({topology.name}) {part} num_partitions={nparts[model_name]}',
           file=sys.stderr, flush=True)
+    size = aot.size_model
+    if not args.full_depth and not args.state_only:
+      size = functools.partial(aot.size_model_by_depth, layers=layers)
     try:
-      r = aot.size_model(
+      r = size(
           cfg['model'], topology, num_partitions=nparts[model_name],
           partitioning_name=part, batch_size=args.batch_size,
           task_feature_lengths=lengths, remat_policy=args.remat,

@@ -1,4 +1,5 @@
 """Compile-ahead sizing (recjax.train.aot) on a TPU topology, without a TPU."""
+import dataclasses
 import math
 
 import gin
@@ -157,6 +158,68 @@ def test_compile_tiny_on_v5e_2x2(tiny, devices):
   assert s.decode.parameter_bytes == t.parameter_bytes
 
 
+def test_extrapolate_is_linear_in_depth():
+  chip = aot.parse_topology('v5e-16').chip
+  state = aot.StepReport('train', parameter_bytes=600, optimizer_bytes=60,
+                         hbm_bytes=1000)
+  one = aot.StepReport('train', 100, 10, argument_bytes=120, output_bytes=110,
+                       alias_bytes=110, temp_bytes=50, code_bytes=5,
+                       flops=2e12, compile_seconds=1.0)
+  two = aot.StepReport('train', 200, 20, argument_bytes=220, output_bytes=210,
+                       alias_bytes=210, temp_bytes=80, code_bytes=7,
+                       flops=3e12, compile_seconds=2.0)
+  got = aot._extrapolate(one, two, state, 1, 2, 6, chip)
+  # Per layer: +100 arguments, +100 outputs and aliases, +30 temp, +1e12
+  # FLOPs; 6 layers = 2 layers + 4 more. Code: the 2-layer compile's.
+  assert (got.argument_bytes, got.output_bytes, got.alias_bytes,
+          got.temp_bytes, got.code_bytes) == (620, 610, 610, 200, 7)
+  assert got.flops == 7e12
+  assert got.peak_bytes == 620 + 610 - 610 + 200 + 7
+  assert (got.parameter_bytes, got.optimizer_bytes) == (600, 60)
+  assert got.fits and got.compile_seconds == 3.0
+  assert got.roofline_seconds == pytest.approx(7e12 / chip.peak_bf16_flops)
+  oom = aot.StepReport('train', 100, 10, peak_bytes=2 ** 40, fits=False,
+                       error='RESOURCE_EXHAUSTED: ...')
+  got = aot._extrapolate(one, oom, state, 1, 2, 6, chip)
+  assert got.fits is False and got.error.startswith('RESOURCE_EXHAUSTED')
+  shrinking = dataclasses.replace(two, temp_bytes=40)
+  got = aot._extrapolate(one, shrinking, state, 1, 2, 6, chip)
+  assert got.fits is None and got.peak_bytes is None and got.flops is None
+  assert 'temporaries shrink with depth' in got.error
+
+
+def test_depth_extrapolation_against_the_full_compile(tiny, devices):
+  """Sizing a 6-layer model from 2- and 3-layer compiles: the state is
+  exact, FLOPs too (every layer from the second on is the same program),
+  temporaries within 10% of compiling all 6 layers."""
+  model = aot.with_depth(tiny['model'], 6)
+  assert aot.model_depth(model) == 6
+  assert aot.model_depth(tiny['model']) == tiny[
+      'model'].module.config.num_encoder_layers
+  kwargs = dict(num_partitions=2, partitioning_name='2d', batch_size=8,
+                task_feature_lengths={'inputs': 32, 'targets': 8},
+                optimizer_fn=tiny['optimizer_fn'], decode=False,
+                model_name='tiny', devices=devices)
+  full = aot.size_model(model, 'v5e:2x2', **kwargs)
+  est = aot.size_model_by_depth(model, 'v5e:2x2', **kwargs)
+  assert est.extrapolated_from_layers == (2, 3)
+  assert full.extrapolated_from_layers is None
+  assert est.num_params == full.num_params
+  f, e = full.train, est.train
+  assert (e.parameter_bytes, e.optimizer_bytes) == (f.parameter_bytes,
+                                                     f.optimizer_bytes)
+  assert e.argument_bytes == f.argument_bytes
+  assert e.flops == pytest.approx(f.flops, rel=1e-3)
+  assert e.temp_bytes == pytest.approx(f.temp_bytes, rel=0.1)
+  # The tiny model's code does grow with depth (unlike a large model's, see
+  # aot._extrapolate): the estimate is short by at most the code.
+  assert f.peak_bytes - f.code_bytes < e.peak_bytes < 1.1 * f.peak_bytes
+  assert '| tiny ~ |' in aot.table_row(est)
+  state = aot.size_model_by_depth(model, 'v5e:2x2', compile=False, **kwargs)
+  assert state.train.fits is None and state.extrapolated_from_layers is None
+  assert state.train.parameter_bytes == f.parameter_bytes
+
+
 def test_lora_sizes_the_adapters_state_only(tiny, devices):
   """With runs/lora.gin the optimizer state is the adapters' alone, as
   train() freezes the base (the default optimizer too)."""
@@ -190,3 +253,18 @@ def test_cli_bad_topology_is_one_line():
   assert out.stderr.strip().splitlines()[-1] == (
       "recjax aot: Unknown TPU topology 'v9:4x4': expected e.g. v5e:4x4, "
       "v4:4x4x4, v5e-256 or v4-128, with a chip in ['v4', 'v5e', 'v5p']")
+
+
+def test_cli_bad_extrapolate_depth_is_one_line():
+  import subprocess
+  import sys
+  pytest.importorskip('libtpu', reason='libtpu is not installed')
+  out = subprocess.run(
+      [sys.executable, '-m', 'recjax.main', 'aot',
+       '--gin_file=models/flan_t5_tiny.gin', '--topology=v5e:2x2',
+       '--extrapolate_depth=3,2'], capture_output=True, text=True,
+      timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1] == (
+      'recjax aot: --extrapolate_depth=3,2: expected two layer counts '
+      '0 < a < b, e.g. 2,3')
