@@ -21,7 +21,7 @@ train step for v5e-16 took 15 minutes and 18 GB of host memory on the
 2-core development machine, and XXL's for v5e-256 was killed at 21 GB. So
 by default each row is sized from compiles of the same model cut to 2 and
 3 layers (`aot.size_model_by_depth`: state bytes exact, compiled figures
-extended linearly in depth, rows marked '~'; about 6 minutes and 7 GB a
+extended linearly in depth, rows marked '~'; 2-7 minutes and 7 GB a
 row); `--full_depth` compiles whole models, `--layers` picks the depths.
 The default grid is the question the README answers: XXL on v5e-256, 1-D
 and 2-D, plus base and XL on v5e-16. `--full` runs every model (base, XL,
@@ -128,7 +128,10 @@ def main():
     sys.exit(f'aot_scale: unknown or absent models {unknown}; have {have}')
   nparts = {**NUM_PARTITIONS, **parse_map(args.num_partitions)}
   lengths = {'inputs': args.inputs_length, 'targets': args.targets_length}
-  layers = tuple(int(x) for x in args.layers.split(','))
+  size = aot.size_model
+  if not args.full_depth and not args.state_only:
+    size = functools.partial(aot.size_model_by_depth, layers=tuple(
+        int(x) for x in args.layers.split(',')))
 
   start = time.time()
   reports, configs = [], {}
@@ -141,9 +144,6 @@ def main():
     print(f'[aot_scale] {model_name} on {topology.accelerator_type} '
           f'({topology.name}) {part} num_partitions={nparts[model_name]}',
           file=sys.stderr, flush=True)
-    size = aot.size_model
-    if not args.full_depth and not args.state_only:
-      size = functools.partial(aot.size_model_by_depth, layers=layers)
     try:
       r = size(
           cfg['model'], topology, num_partitions=nparts[model_name],

@@ -523,6 +523,16 @@ def _extrapolate(a: StepReport, b: StepReport, state: StepReport,
   return out
 
 
+def check_depths(model: Any, layers: Sequence[int]
+                 ) -> Tuple[Tuple[int, int], int]:
+  """((a, b), the model's depth) for `size_model_by_depth`; a ValueError
+  that says what is wrong otherwise."""
+  layers = tuple(int(x) for x in layers)
+  if len(layers) != 2 or not 0 < layers[0] < layers[1]:
+    raise ValueError('expected two layer counts 0 < a < b, e.g. 2,3')
+  return layers, model_depth(model)
+
+
 def size_model_by_depth(model: Any, topology: Topology | str, *,
                         layers: Tuple[int, int] = (2, 3),
                         **kwargs) -> SizingReport:
@@ -548,10 +558,7 @@ def size_model_by_depth(model: Any, topology: Topology | str, *,
   """
   if isinstance(topology, str):
     topology = parse_topology(topology)
-  la, lb = (int(x) for x in layers)
-  if not 0 < la < lb:
-    raise ValueError(f'layers={layers}: expected two depths 0 < a < b')
-  depth = model_depth(model)
+  (la, lb), depth = check_depths(model, layers)
   if depth <= lb or not kwargs.get('compile', True):
     return size_model(model, topology, **kwargs)
   kwargs.pop('compile', None)

@@ -72,15 +72,10 @@ def run(FLAGS) -> list:  # pylint: disable=invalid-name
   size = aot.size_model
   if FLAGS.extrapolate_depth:
     try:
-      layers = tuple(int(x) for x in FLAGS.extrapolate_depth)
-      if len(layers) != 2 or not 0 < layers[0] < layers[1]:
-        raise ValueError
-      aot.model_depth(cfg["model"])
+      layers, _ = aot.check_depths(cfg["model"], FLAGS.extrapolate_depth)
     except ValueError as e:
       given = ",".join(FLAGS.extrapolate_depth)
-      print(f"recjax aot: --extrapolate_depth={given}: "
-            f"{str(e) or 'expected two layer counts 0 < a < b, e.g. 2,3'}",
-            file=sys.stderr)
+      print(f"recjax aot: --extrapolate_depth={given}: {e}", file=sys.stderr)
       sys.exit(2)
     size = functools.partial(aot.size_model_by_depth, layers=layers)
   reports = []
