@@ -507,7 +507,11 @@ def _user_errors(command: str, main: Callable[[Sequence[str]], None]):
     quiet_expected_orbax_warnings()
     try:
       if "gin_bindings" in FLAGS:
-        gin_utils.check_bindings(FLAGS.gin_file, FLAGS.gin_bindings,
+        files = FLAGS.gin_file
+        if command == "aot":  # it adds runs/finetune.gin when none is given
+          from recjax.train import aot  # pylint: disable=g-import-not-at-top
+          files = aot.with_run_gin(files)
+        gin_utils.check_bindings(files, FLAGS.gin_bindings,
                                  FLAGS.gin_search_paths)
       main(argv)
     except Exception as e:  # pylint: disable=broad-except

@@ -220,6 +220,29 @@ def test_depth_extrapolation_against_the_full_compile(tiny, devices):
   assert state.train.parameter_bytes == f.parameter_bytes
 
 
+def test_decode_alone_by_depth_against_the_full_compile(tiny, devices):
+  """train=False compiles beam search only; its depth estimate from 2 and 3
+  layers matches compiling all 6 (the train columns keep the state)."""
+  model = aot.with_depth(tiny['model'], 6)
+  kwargs = dict(num_partitions=2, partitioning_name='2d', batch_size=8,
+                task_feature_lengths={'inputs': 32, 'targets': 8},
+                optimizer_fn=tiny['optimizer_fn'], train=False, num_beams=2,
+                model_name='tiny', devices=devices)
+  full = aot.size_model(model, 'v5e:2x2', **kwargs)
+  est = aot.size_model_by_depth(model, 'v5e:2x2', **kwargs)
+  for r in (full, est):
+    assert r.train.fits is None and r.train.temp_bytes is None
+    assert r.train.parameter_bytes == r.decode.parameter_bytes > 0
+  f, e = full.decode, est.decode
+  assert f.error is None and f.fits and e.fits
+  assert e.argument_bytes == f.argument_bytes
+  assert e.flops == pytest.approx(f.flops, rel=1e-3)
+  assert e.temp_bytes == pytest.approx(f.temp_bytes, rel=0.02)  # 1% off
+  row = aot.table_row(est)
+  assert row.split('|')[-3].strip() == f'{e.peak_bytes / aot.GiB:.2f}'
+  assert row.split('|')[10].strip() == '-'  # train peak: not compiled
+
+
 def test_lora_sizes_the_adapters_state_only(tiny, devices):
   """With runs/lora.gin the optimizer state is the adapters' alone, as
   train() freezes the base (the default optimizer too)."""
@@ -268,3 +291,40 @@ def test_cli_bad_extrapolate_depth_is_one_line():
   assert out.stderr.strip().splitlines()[-1] == (
       'recjax aot: --extrapolate_depth=3,2: expected two layer counts '
       '0 < a < b, e.g. 2,3')
+
+
+def test_cli_decode_alone():
+  import json
+  import subprocess
+  import sys
+  pytest.importorskip('libtpu', reason='libtpu is not installed')
+  base = [sys.executable, '-m', 'recjax.main', 'aot',
+          '--gin_file=models/flan_t5_tiny.gin', '--topology=v5e:2x2',
+          '--gin_bindings=VOCAB_SIZE = 256', '--batch_size=8',
+          '--gin_bindings=TASK_FEATURE_LENGTHS = '
+          "{'inputs': 32, 'targets': 8}", '--notrain']
+  out = subprocess.run(base + ['--nodecode'], capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1] == (
+      'recjax aot: --notrain --nodecode leaves nothing to compile')
+  out = subprocess.run(base, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  (r,) = json.loads(out.stdout.strip().splitlines()[-1])['results']
+  assert r['train']['temp_bytes'] is None and r['train']['fits'] is None
+  assert r['train']['parameter_bytes'] == r['decode']['parameter_bytes'] > 0
+  assert r['decode']['fits'] is True and r['decode']['flops'] > 0
+
+
+def test_parse_oom_reads_both_xla_messages():
+  # As XLA:TPU words them (libtpu 0.0.42): the program's use, or its
+  # temporaries alone when those exceed the HBM before anything else.
+  used = ('RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of '
+          'memory in memory space hbm. Used 30.30G of 15.75G hbm. Exceeded '
+          'hbm capacity by 14.55G.')
+  temps = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory '
+           'required for HLO temporaries (31.42G) exceeds available HBM '
+           '(15.75G).')
+  assert aot._parse_oom(used) == (int(30.30 * aot.GiB), int(15.75 * aot.GiB))
+  assert aot._parse_oom(temps) == (int(31.42 * aot.GiB), int(15.75 * aot.GiB))
+  assert aot._parse_oom('RESOURCE_EXHAUSTED: something else') is None

@@ -96,6 +96,29 @@ def test_predict_batch_sharded_equals_unsharded(model_and_params):
                              atol=1e-5)
 
 
+def test_beam_search_keeps_the_cache_split_over_data(model_and_params):
+  """Reordering beams must not gather the whole batch's KV cache onto each
+  chip: compiled for a (8, 1) mesh, the decoder's self-attention cache
+  ([rows, heads, head_dim, length], rows = prompts x beams) exists only as
+  this chip's 1/8 of the rows."""
+  model, params = model_and_params
+  part = partitioning.Partitioner(mesh_shape=(8, 1))
+  boxed = jax.eval_shape(lambda: t5.init_variables(
+      CFG, jax.random.PRNGKey(0)))['params']
+  fn = part.partition(
+      functools.partial(predict.predict_batch, model, decode_method='beam',
+                        num_decodes=3, max_decode_length=5),
+      in_shardings=(part.param_shardings(boxed),
+                    {'encoder_input_tokens': part.data_sharding()}),
+      out_shardings=part.data_sharding())
+  batch = {'encoder_input_tokens': jax.ShapeDtypeStruct((16, 10), jnp.int32)}
+  hlo = fn.lower(jax.eval_shape(lambda: params), batch).compile().as_text()
+  rows = 16 * 3
+  cache = f'{CFG.num_heads},{CFG.head_dim},5]'
+  assert f'f32[{rows // 8},{cache}' in hlo
+  assert f'f32[{rows},{cache}' not in hlo
+
+
 def test_bad_arguments(model_and_params):
   model, params = model_and_params
   batch = {'encoder_input_tokens': jnp.ones((1, 4), jnp.int32)}

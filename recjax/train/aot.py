@@ -23,7 +23,7 @@ import math
 import os
 import re
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -235,17 +235,23 @@ def num_params(abstract_params: Any) -> int:
                  for x in jax.tree_util.tree_leaves(abstract_params)))
 
 
-_OOM = re.compile(r'Used ([0-9.]+)([KMGT]?) of ([0-9.]+)([KMGT]?) hbm')
+# XLA:TPU's two out-of-memory compile errors: the whole program's use, or
+# (when temporaries alone exceed the HBM) its temporaries.
+_OOM = (re.compile(r'Used ([0-9.]+)([KMGT]?) of ([0-9.]+)([KMGT]?) hbm'),
+        re.compile(r'HLO temporaries \(([0-9.]+)([KMGT]?)\) exceeds available '
+                   r'HBM \(([0-9.]+)([KMGT]?)\)'))
 _UNIT = {'': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
 
 
 def _parse_oom(message: str) -> Optional[Tuple[int, int]]:
-  """(used, capacity) bytes from XLA:TPU's out-of-memory compile error."""
-  m = _OOM.search(message)
-  if not m:
-    return None
-  return (int(float(m.group(1)) * _UNIT[m.group(2)]),
-          int(float(m.group(3)) * _UNIT[m.group(4)]))
+  """(used, capacity) bytes from XLA:TPU's out-of-memory compile error;
+  used is the temporaries alone in the second form, a lower bound."""
+  for pattern in _OOM:
+    m = pattern.search(message)
+    if m:
+      return (int(float(m.group(1)) * _UNIT[m.group(2)]),
+              int(float(m.group(3)) * _UNIT[m.group(4)]))
+  return None
 
 
 def _cost(compiled) -> Optional[float]:
@@ -343,6 +349,7 @@ def size_model(model: Any, topology: Topology | str, *,
                = None,
                frozen_patterns: Sequence[str] = (),
                pack: bool = True,
+               train: bool = True,
                decode: bool = True,
                decode_batch_size: Optional[int] = None,
                num_beams: int = 4,
@@ -366,6 +373,8 @@ def size_model(model: Any, topology: Topology | str, *,
     frozen_patterns: `train.frozen_patterns` (LoRA's frozen base is added as
       `train` adds it), for the train step's gradients.
     pack: packed training batches (the run gins' default).
+    train: compile the train step (False: its state bytes only, e.g. to
+      size decoding alone).
     decode: also compile `predict_batch` (beam search, `num_beams`), inputs
       of length task_feature_lengths['inputs'], max_decode_length of
       'targets', batch `decode_batch_size` (default `batch_size`).
@@ -373,7 +382,6 @@ def size_model(model: Any, topology: Topology | str, *,
       shardings; seconds instead of minutes): no temporaries, peak or FLOPs.
     devices: the slice's devices (default: `topology_devices(topology)`).
   """
-  from recjax.infer import predict  # pylint: disable=g-import-not-at-top
   if isinstance(topology, str):
     topology = parse_topology(topology)
   devices = list(devices) if devices is not None else topology_devices(
@@ -390,6 +398,9 @@ def size_model(model: Any, topology: Topology | str, *,
                      f'data-parallel size {data} x num_microbatches {micro} '
                      f'({topology.num_chips} chips / num_partitions '
                      f'{num_partitions})')
+  if decode and (decode_batch_size or batch_size) % data:
+    raise ValueError(f'decode batch {decode_batch_size or batch_size} is not '
+                     f'divisible by the data-parallel size {data}')
   converter = model.feature_converter_cls(pack=pack)
   lengths = converter.get_model_feature_lengths(dict(task_feature_lengths))
   input_shapes = {k: (1, v) for k, v in lengths.items()}
@@ -411,15 +422,29 @@ def size_model(model: Any, topology: Topology | str, *,
       num_microbatches=num_microbatches)
   param_bytes = tree_bytes_per_device(abstract.params, shardings.params)
   opt_bytes = tree_bytes_per_device(abstract.opt_state, shardings.opt_state)
+  report.train = StepReport('train', param_bytes, opt_bytes,
+                            hbm_bytes=topology.chip.hbm_bytes)
+  if decode:
+    report.decode = StepReport('decode', param_bytes, 0,
+                               hbm_bytes=topology.chip.hbm_bytes)
   if not compile:
-    report.train = StepReport('train', param_bytes, opt_bytes,
-                              hbm_bytes=topology.chip.hbm_bytes)
-    if decode:
-      report.decode = StepReport('decode', param_bytes, 0,
-                                 hbm_bytes=topology.chip.hbm_bytes)
     return report
+  if train:
+    report.train = _compile_train_step(model, part, setup, lengths,
+                                       batch_size, num_microbatches, frozen,
+                                       topology.chip, report.train)
+  if decode:
+    report.decode = _compile_decode(model, part, abstract.params,
+                                    shardings.params, decode_batch_size or
+                                    batch_size, task_feature_lengths,
+                                    num_beams, topology.chip, report.decode)
+  return report
 
-  # The train step, jitted exactly as trainer.train() jits it.
+
+def _compile_train_step(model, part, setup, lengths, batch_size,
+                        num_microbatches, frozen, chip, report):
+  """The train step, jitted exactly as trainer.train() jits it."""
+  shardings = setup.state_shardings
   step_fn = trainer.make_train_step(model, setup.tx, num_microbatches,
                                     part.data_sharding(),
                                     frozen_patterns=frozen)
@@ -430,32 +455,27 @@ def size_model(model: Any, topology: Topology | str, *,
   batch = {k: jax.ShapeDtypeStruct((batch_size, v), jnp.int32)
            for k, v in lengths.items()}
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-  report.train = _compile(
-      lambda: p_train_step.lower(abstract, batch, rng),
-      StepReport('train', param_bytes, opt_bytes,
-                 hbm_bytes=topology.chip.hbm_bytes), topology.chip)
+  return _compile(lambda: p_train_step.lower(setup.abstract_state, batch, rng),
+                  report, chip)
 
-  if decode:
-    b = decode_batch_size or batch_size
-    if b % data:
-      raise ValueError(f'decode batch {b} is not divisible by the '
-                       f'data-parallel size {data}')
-    decode_fn = functools.partial(
-        predict.predict_batch, model, decode_method='beam',
-        num_decodes=num_beams, max_decode_length=task_feature_lengths[
-            'targets'])
-    p_decode = part.partition(
-        lambda params, batch: decode_fn(params, batch),
-        in_shardings=(shardings.params,
-                      {'encoder_input_tokens': part.data_sharding()}),
-        out_shardings=part.data_sharding())
-    prompts = {'encoder_input_tokens': jax.ShapeDtypeStruct(
-        (b, task_feature_lengths['inputs']), jnp.int32)}
-    report.decode = _compile(
-        lambda: p_decode.lower(abstract.params, prompts),
-        StepReport('decode', param_bytes, 0,
-                   hbm_bytes=topology.chip.hbm_bytes), topology.chip)
-  return report
+
+def _compile_decode(model, part, abstract_params, param_shardings, b,
+                    task_feature_lengths, num_beams, chip, report):
+  """Beam search (`predict.predict_batch`) over a batch of `b` prompts."""
+  from recjax.infer import predict  # pylint: disable=g-import-not-at-top
+  decode_fn = functools.partial(
+      predict.predict_batch, model, decode_method='beam',
+      num_decodes=num_beams, max_decode_length=task_feature_lengths[
+          'targets'])
+  p_decode = part.partition(
+      lambda params, batch: decode_fn(params, batch),
+      in_shardings=(param_shardings,
+                    {'encoder_input_tokens': part.data_sharding()}),
+      out_shardings=part.data_sharding())
+  prompts = {'encoder_input_tokens': jax.ShapeDtypeStruct(
+      (b, task_feature_lengths['inputs']), jnp.int32)}
+  return _compile(lambda: p_decode.lower(abstract_params, prompts), report,
+                  chip)
 
 
 # ------------------------------------------------------------------ depth
@@ -565,8 +585,9 @@ def size_model_by_depth(model: Any, topology: Topology | str, *,
   full = size_model(model, topology, compile=False, **kwargs)
   ra = size_model(with_depth(model, la), topology, **kwargs)
   rb = size_model(with_depth(model, lb), topology, **kwargs)
-  full.train = _extrapolate(ra.train, rb.train, full.train, la, lb, depth,
-                            topology.chip)
+  if kwargs.get('train', True):
+    full.train = _extrapolate(ra.train, rb.train, full.train, la, lb, depth,
+                              topology.chip)
   if full.decode is not None:
     full.decode = _extrapolate(ra.decode, rb.decode, full.decode, la, lb,
                                depth, topology.chip)
@@ -575,6 +596,18 @@ def size_model_by_depth(model: Any, topology: Topology | str, *,
 
 
 # ------------------------------------------------------------------ gin
+RUN_GIN_PREFIXES = ('finetune', 'pretrain', 'ilm', 'rsllm', 'quickstart')
+
+
+def with_run_gin(gin_files: Sequence[str]) -> List[str]:
+  """The gin files, plus runs/finetune.gin when none of them is a run gin
+  (a model gin alone says nothing of the batch, lengths or optimizer)."""
+  files = list(gin_files)
+  if not any(os.path.basename(f).startswith(RUN_GIN_PREFIXES) for f in files):
+    files.append('runs/finetune.gin')
+  return files
+
+
 def model_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
                    gin_search_paths: Sequence[str] = ()) -> Dict[str, Any]:
   """The run's model, batch, lengths, partitions, optimizer from gin.
@@ -586,11 +619,7 @@ def model_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   """
   import gin  # pylint: disable=g-import-not-at-top
   from recjax.train import gin_utils  # pylint: disable=g-import-not-at-top
-  files = list(gin_files)
-  if not any(os.path.basename(f).startswith(('finetune', 'pretrain', 'ilm',
-                                             'rsllm', 'quickstart'))
-             for f in files):
-    files.append('runs/finetune.gin')
+  files = with_run_gin(gin_files)
   bindings = list(gin_bindings)
   if not any(b.replace(' ', '').startswith('MODEL_DIR=') for b in bindings):
     bindings.append("MODEL_DIR = '/tmp/recjax_aot_unused'")

@@ -41,6 +41,8 @@ def define_flags() -> None:
                     "policy (default: the model gin's).")
   flags.DEFINE_integer("num_microbatches", None, "Gradient accumulation "
                        "(default: gin's NUM_MICROBATCHES).")
+  flags.DEFINE_bool("train", True, "Compile the train step (--notrain: "
+                    "decoding alone; the train columns keep the state bytes).")
   flags.DEFINE_bool("decode", True, "Also compile beam-search decoding.")
   flags.DEFINE_integer("num_beams", 4, "Beams of the decode compile.")
   flags.DEFINE_integer("decode_batch_size", None, "Decode batch (default: "
@@ -60,6 +62,10 @@ def run(FLAGS) -> list:  # pylint: disable=invalid-name
     print("recjax aot: needs the libtpu wheel that matches jax: pip install "
           "'recjax[tpu_aot]'", file=sys.stderr)
     sys.exit(1)
+  if not (FLAGS.train or FLAGS.decode):
+    print("recjax aot: --notrain --nodecode leaves nothing to compile",
+          file=sys.stderr)
+    sys.exit(2)
   try:
     topologies = [aot.parse_topology(t) for t in FLAGS.topology]
   except ValueError as e:
@@ -93,7 +99,7 @@ def run(FLAGS) -> list:  # pylint: disable=invalid-name
                           or cfg["num_microbatches"]),
         optimizer_fn=cfg["optimizer_fn"],
         frozen_patterns=cfg["frozen_patterns"], pack=cfg["pack"],
-        decode=FLAGS.decode, num_beams=FLAGS.num_beams,
+        train=FLAGS.train, decode=FLAGS.decode, num_beams=FLAGS.num_beams,
         decode_batch_size=FLAGS.decode_batch_size, model_name=name))
   print(aot.format_table(reports))
   print(json.dumps({"results": [r.to_dict() for r in reports]}))
