@@ -5,7 +5,7 @@
       --partitionings=2d --num_partitions=xxl=16 --batch_size=256
   .venv/bin/python benchmarks/aot_scale.py --full                # whole grid
   .venv/bin/python benchmarks/aot_scale.py --full --state_only   # state only
-  .venv/bin/python benchmarks/aot_scale.py --full --decode_only --full_depth
+  .venv/bin/python benchmarks/aot_scale.py --full --decode_only # decode grid
 
 Needs the libtpu wheel (`pip install '.[tpu_aot]'`); no TPU. For each
 (model, slice, partitioning) the real train step (trainer.make_train_step,
@@ -31,11 +31,10 @@ v5e-256, v4-128 and v5p-128 with 1-D and 2-D partitioning;
 `--models/--topologies/--partitionings` pick a sub-grid. `--state_only`
 skips compiling: the exact per-chip parameter and optimizer-state bytes of
 any grid in about a minute (temporaries, peak and FLOPs need the compile).
-`--no_decode` / `--decode_only` compile one of the two steps. Decoding
-compiles fast enough to take whole (`--decode_only --full_depth`: about a
-minute and 5 GB a row for XXL), and its depth estimate is less close than
-the train step's (XXL v5e-256 2-D: 5.16 GiB from 2 + 3 layers, 5.95 GiB
-whole), so the README's decode columns are whole-model compiles.
+`--no_decode` / `--decode_only` compile one of the two steps. Decoding is
+always compiled whole (10-140 s and at most 15 GB a row here): its depth
+estimate is poor (XXL v5e-256 2-D: 1.77 GiB from 2 + 3 layers, 2.99 GiB
+whole), so '~' marks the train columns only.
 
 The last line is one JSON object: {"results": [one entry per (model,
 topology, partitioning)], "wall_seconds": ...}.

@@ -52,7 +52,8 @@ def define_flags() -> None:
                     "compiled figures linearly to its full depth (minutes "
                     "instead of a quarter hour and 18+ GB of host memory "
                     "for a 24-layer model; state bytes stay exact). "
-                    "Default: compile the whole model.")
+                    "Decoding is compiled whole either way. Default: "
+                    "compile the whole model.")
 
 
 def run(FLAGS) -> list:  # pylint: disable=invalid-name
