@@ -4,7 +4,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import pathlib
+import signal
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import seqio
 import tensorflow as tf
 
 from recjax.prompts import PromptConfig, TASKS
+from recjax.prompts import export
 from recjax.prompts.export import serialize_example, write_task_files
 from seqio_tasks import registry, show
 from tiny_data import tiny_data
@@ -220,6 +223,54 @@ def test_parallel_sharded_export_equals_serial(tmp_path):
       assert sorted(a) == sorted(b), (task, split)
   assert ((serial / "vocab/spiece.model").read_bytes() ==
           (parallel / "vocab/spiece.model").read_bytes())
+
+
+_WRITE_UNIT = export._run
+
+
+def _run_killing_its_worker_once(unit):
+  """export._run, except that the first worker to write retrieval/train
+  kills itself (SIGKILL, as the OOM killer would) before writing."""
+  marker = pathlib.Path(os.environ["RECJAX_TEST_KILL_MARKER"])
+  if unit[:2] == ("retrieval", "train") and not marker.exists():
+    marker.write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+  return _WRITE_UNIT(unit)
+
+
+def test_parallel_export_survives_a_dead_worker(tmp_path, monkeypatch,
+                                                capsys):
+  """A worker killed mid-run (multiprocessing.Pool would wait forever for
+  its task) costs a rewrite of the unfinished shards, not the run."""
+  data = tiny_data(n_users=25)
+  cfg = PromptConfig(num_negatives=7)
+  serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+  serial.mkdir()
+  parallel.mkdir()
+  m1 = write_task_files(data, serial, config=cfg, seed=5, vocab_size=300,
+                        num_shards=2, num_workers=1)
+  marker = tmp_path / "killed"
+  monkeypatch.setenv("RECJAX_TEST_KILL_MARKER", str(marker))
+  monkeypatch.setattr(export, "_run", _run_killing_its_worker_once)
+
+  def hung(signum, frame):
+    raise TimeoutError("write_task_files hung after its worker died")
+  previous = signal.signal(signal.SIGALRM, hung)
+  signal.alarm(120)  # fork children do not inherit it
+  try:
+    m2 = write_task_files(data, parallel, config=cfg, seed=5, vocab_size=300,
+                          num_shards=2, num_workers=2)
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+  assert marker.exists() and int(marker.read_text()) != os.getpid()
+  assert "a worker process died" in capsys.readouterr().err
+  assert m1["counts"] == m2["counts"]
+  for task, splits in m1["files"].items():
+    for split, paths in splits.items():
+      assert paths == m2["files"][task][split]
+      for path in paths:
+        assert (serial / path).read_bytes() == (parallel / path).read_bytes()
 
 
 def test_read_manifest_errors(tmp_path):

@@ -288,6 +288,35 @@ def _run(unit):
   return _write_unit(unit)
 
 
+def _run_in_processes(work: Sequence[Any], num_workers: int):
+  """`_run(unit)` for every unit, in completion order, from forked workers.
+
+  A worker that dies (a segfault, the OOM killer) breaks the pool; the units
+  not yet returned are then written again in this process (a unit rewrites
+  its whole shard), so the run neither hangs, as `multiprocessing.Pool`
+  does on a task its dead worker held, nor loses a shard.
+  """
+  from concurrent import futures  # pylint: disable=g-import-not-at-top
+  done = set()
+  pool = futures.ProcessPoolExecutor(
+      num_workers, mp_context=multiprocessing.get_context("fork"))
+  try:
+    pending = {pool.submit(_run, unit): k for k, unit in enumerate(work)}
+    for future in futures.as_completed(pending):
+      result = future.result()
+      done.add(pending[future])
+      yield result
+  except futures.process.BrokenProcessPool as e:
+    lost = [unit for k, unit in enumerate(work) if k not in done]
+    _log(f"a worker process died ({e}); writing the {len(lost)} unit(s) it "
+         "left unfinished in this process")
+    pool.shutdown(wait=True, cancel_futures=True)
+    for unit in lost:
+      yield _run(unit)
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _unit_cost(unit, data: PreparedData) -> float:
   task, split = unit[0], unit[1]
   if task == "<vocab>":
@@ -475,9 +504,7 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
   try:
     if num_workers > 1:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
-      ctx = multiprocessing.get_context("fork")
-      with ctx.Pool(num_workers) as pool:
-        results = list(_report(pool.imap_unordered(_run, work), work))
+      results = list(_report(_run_in_processes(work, num_workers), work))
     else:
       results = list(_report(map(_run, work), work))
   finally:
