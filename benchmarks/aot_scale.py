@@ -32,9 +32,9 @@ v5e-256, v4-128 and v5p-128 with 1-D and 2-D partitioning;
 skips compiling: the exact per-chip parameter and optimizer-state bytes of
 any grid in about a minute (temporaries, peak and FLOPs need the compile).
 `--no_decode` / `--decode_only` compile one of the two steps. Decoding is
-always compiled whole (10-140 s and at most 15 GB a row here): its depth
-estimate is poor (XXL v5e-256 2-D: 1.77 GiB from 2 + 3 layers, 2.99 GiB
-whole), so '~' marks the train columns only.
+always compiled whole (10-140 s a row here): the depth estimate fitted it
+poorly (XXL v5e-256 2-D: 1.77 GiB from 2 + 3 layers, 2.99 GiB whole), so
+'~' marks the train columns only.
 
 The last line is one JSON object: {"results": [one entry per (model,
 topology, partitioning)], "wall_seconds": ...}.

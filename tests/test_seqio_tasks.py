@@ -203,26 +203,33 @@ def test_package_import_registers_synthetic(monkeypatch, tmp_path):
   assert math.isfinite(1.0)
 
 
-def test_parallel_sharded_export_equals_serial(tmp_path):
-  data = tiny_data(n_users=25)
-  cfg = PromptConfig(num_negatives=7)
-  serial, parallel = tmp_path / "serial", tmp_path / "parallel"
-  serial.mkdir()
-  parallel.mkdir()
-  m1 = write_task_files(data, serial, config=cfg, seed=5, vocab_size=300,
-                        num_shards=1, num_workers=1)
-  m2 = write_task_files(data, parallel, config=cfg, seed=5, vocab_size=300,
-                        num_shards=3, num_workers=2)
-  assert m1["counts"] == m2["counts"]
-  for task, splits in m1["files"].items():
+def _export(tmp_path, name, num_shards, num_workers):
+  """The tiny log's task files, written to tmp_path/name: (dir, manifest)."""
+  directory = tmp_path / name
+  directory.mkdir()
+  return directory, write_task_files(
+      tiny_data(n_users=25), directory, config=PromptConfig(num_negatives=7),
+      seed=5, vocab_size=300, num_shards=num_shards, num_workers=num_workers)
+
+
+def _assert_same_examples(a, b):
+  """The same examples per (task, split), however sharded, and vocabulary."""
+  (dir_a, m_a), (dir_b, m_b) = a, b
+  assert m_a["counts"] == m_b["counts"]
+  for task, splits in m_a["files"].items():
     for split in splits:
-      a = [r.numpy() for p in m1["files"][task][split]
-           for r in tf.data.TFRecordDataset(str(serial / p))]
-      b = [r.numpy() for p in m2["files"][task][split]
-           for r in tf.data.TFRecordDataset(str(parallel / p))]
-      assert sorted(a) == sorted(b), (task, split)
-  assert ((serial / "vocab/spiece.model").read_bytes() ==
-          (parallel / "vocab/spiece.model").read_bytes())
+      ra = [r.numpy() for p in m_a["files"][task][split]
+            for r in tf.data.TFRecordDataset(str(dir_a / p))]
+      rb = [r.numpy() for p in m_b["files"][task][split]
+            for r in tf.data.TFRecordDataset(str(dir_b / p))]
+      assert sorted(ra) == sorted(rb), (task, split)
+  assert ((dir_a / "vocab/spiece.model").read_bytes() ==
+          (dir_b / "vocab/spiece.model").read_bytes())
+
+
+def test_parallel_sharded_export_equals_serial(tmp_path):
+  _assert_same_examples(_export(tmp_path, "serial", 1, 1),
+                        _export(tmp_path, "parallel", 3, 2))
 
 
 _WRITE_UNIT = export._run
@@ -242,13 +249,7 @@ def test_parallel_export_survives_a_dead_worker(tmp_path, monkeypatch,
                                                 capsys):
   """A worker killed mid-run (multiprocessing.Pool would wait forever for
   its task) costs a rewrite of the unfinished shards, not the run."""
-  data = tiny_data(n_users=25)
-  cfg = PromptConfig(num_negatives=7)
-  serial, parallel = tmp_path / "serial", tmp_path / "parallel"
-  serial.mkdir()
-  parallel.mkdir()
-  m1 = write_task_files(data, serial, config=cfg, seed=5, vocab_size=300,
-                        num_shards=2, num_workers=1)
+  serial = _export(tmp_path, "serial", 2, 1)
   marker = tmp_path / "killed"
   monkeypatch.setenv("RECJAX_TEST_KILL_MARKER", str(marker))
   monkeypatch.setattr(export, "_run", _run_killing_its_worker_once)
@@ -258,19 +259,13 @@ def test_parallel_export_survives_a_dead_worker(tmp_path, monkeypatch,
   previous = signal.signal(signal.SIGALRM, hung)
   signal.alarm(120)  # fork children do not inherit it
   try:
-    m2 = write_task_files(data, parallel, config=cfg, seed=5, vocab_size=300,
-                          num_shards=2, num_workers=2)
+    parallel = _export(tmp_path, "parallel", 2, 2)
   finally:
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
   assert marker.exists() and int(marker.read_text()) != os.getpid()
   assert "a worker process died" in capsys.readouterr().err
-  assert m1["counts"] == m2["counts"]
-  for task, splits in m1["files"].items():
-    for split, paths in splits.items():
-      assert paths == m2["files"][task][split]
-      for path in paths:
-        assert (serial / path).read_bytes() == (parallel / path).read_bytes()
+  _assert_same_examples(serial, parallel)
 
 
 def test_read_manifest_errors(tmp_path):

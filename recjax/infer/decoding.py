@@ -66,8 +66,8 @@ def _gather_beams(tree: PyTree, src_beam: Array) -> PyTree:
 
   The gather is batched over examples: a gather by global row numbers
   (x[rows]) cannot be split over the data axis, so XLA would replicate the
-  whole batch's cache on every chip (FLAN-T5-base beam search on v5e-256:
-  5.3 GiB of temporaries a chip for one prompt each).
+  whole batch's cache on every chip (FLAN-T5-base beam search on v5e-256,
+  one prompt a chip: a 6.28 GiB peak a chip, 1.47 GiB batched).
   """
   b, k = src_beam.shape
 

@@ -310,7 +310,6 @@ def _run_in_processes(work: Sequence[Any], num_workers: int):
     lost = [unit for k, unit in enumerate(work) if k not in done]
     _log(f"a worker process died ({e}); writing the {len(lost)} unit(s) it "
          "left unfinished in this process")
-    pool.shutdown(wait=True, cancel_futures=True)
     for unit in lost:
       yield _run(unit)
   finally:

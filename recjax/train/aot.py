@@ -576,12 +576,11 @@ def size_model_by_depth(model: Any, topology: Topology | str, *,
   the limit can still fit; a pair whose temporaries shrink with depth gives
   no estimate (`_extrapolate`).
 
-  Decoding is compiled whole: its depth estimate is poor (FLAN-T5-XXL on
-  v5e-256, 2-D: 1.77 GiB from 2 and 3 layers, 2.99 GiB whole; XLA keeps
-  more of a deep program's per-layer cache updates live at once), and the
-  whole compile is cheap (about a minute and at most 15 GB of host memory
-  for the 7B and XXL models: the loop body is one decode step).
-  `extrapolated_from_layers` therefore describes the train step only.
+  Decoding is compiled whole: the same estimate fitted it poorly
+  (FLAN-T5-XXL on v5e-256, 2-D: 1.77 GiB from 2 and 3 layers, 2.99 GiB
+  whole), and the whole compile is cheap (10-140 s for the README's grid:
+  the loop body is one decode step). `extrapolated_from_layers` therefore
+  describes the train step only.
   """
   if isinstance(topology, str):
     topology = parse_topology(topology)
@@ -590,16 +589,13 @@ def size_model_by_depth(model: Any, topology: Topology | str, *,
   decode = kwargs.pop('decode', True)
   if depth <= lb or not kwargs.get('compile', True) or not train:
     return size_model(model, topology, train=train, decode=decode, **kwargs)
-  kwargs.pop('compile', None)
-  full = size_model(model, topology, compile=False, decode=decode, **kwargs)
+  # The whole model: its exact state, and its decoding compiled (if asked).
+  full = size_model(model, topology, train=False, decode=decode, **kwargs)
   ra = size_model(with_depth(model, la), topology, decode=False, **kwargs)
   rb = size_model(with_depth(model, lb), topology, decode=False, **kwargs)
   full.train = _extrapolate(ra.train, rb.train, full.train, la, lb, depth,
                             topology.chip)
   full.extrapolated_from_layers = (la, lb)
-  if decode:  # whole: see the docstring
-    full.decode = size_model(model, topology, train=False, decode=True,
-                             **kwargs).decode
   return full
 
 
