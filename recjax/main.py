@@ -45,8 +45,10 @@ def _define_prepare_flags():
   flags.DEFINE_enum("dedup", "first", ["first", "last", "keep"],
                     "Repeated (user, item) pairs: keep the first, the last, or all.")
   flags.DEFINE_integer("max_history", 20, "History length cap in prompts.")
-  flags.DEFINE_enum("item_format", "title_id", ["title", "id", "title_id"],
-                    "How prompts name items.")
+  flags.DEFINE_enum("item_format", "title_id", ["title", "id", "title_id", "token",
+                                    "title_token"],
+                    "How prompts name items (token, title_token: each id "
+                    "one vocabulary token, README 'Item tokens').")
   flags.DEFINE_integer("num_negatives", 99, "Ranking negatives per example.")
   flags.DEFINE_integer("seed", 0, "Seed for every sampled choice in prompts.")
   flags.DEFINE_list("tasks", None, "Tasks to write (default: all that apply).")

@@ -5,6 +5,10 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] /
                        "benchmarks"))
 
+import json  # pylint: disable=g-import-not-at-top,wrong-import-position
+import math  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import lm_quality  # pylint: disable=g-import-not-at-top,wrong-import-position
 import profile_train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -35,3 +39,52 @@ def test_wall_split_by_what_ran():
                    "idle": 2}
   assert per_op == {"b": 8, "c": 2, "d": 5}
   assert sum(split.values()) == 40
+
+
+def test_lm_quality_budget_seconds_and_validation_from_the_log(tmp_path):
+  """Training seconds to a step are the logged windows' step counts over
+  their rates (25 steps at 0.5/s = 50 s, then 25 at 2.5/s = 10 s)."""
+  lines = [{"step": 25, "split": "train", "steps_per_sec": 0.5},
+           {"step": 25, "split": "validation", "loss": 3.0},
+           {"step": 50, "split": "train", "steps_per_sec": 2.5},
+           {"step": 50, "split": "validation", "loss": 2.5}]
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(x) + "\n" for x in lines))
+  seconds = lm_quality.train_seconds(tmp_path)
+  assert seconds == {25: 50.0, 50: 60.0}
+  assert lm_quality.nearest(seconds, 40) == 50.0
+  assert lm_quality.nearest(seconds, 10) is None
+  assert lm_quality.validation_losses(tmp_path) == {25: 3.0, 50: 2.5}
+
+
+def test_lm_quality_binary_standard_error():
+  """A mean of 0/1 values: std(ddof=1)/sqrt(n) = sqrt(p(1-p)/(n-1))."""
+  x = [1, 0, 0, 1, 0, 0, 0, 0]
+  p, n = sum(x) / len(x), len(x)
+  mean = p
+  sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
+  assert math.isclose(lm_quality.binary_se(p, n), sd / math.sqrt(n))
+
+
+def test_slot_diagnostics_swaps_items_not_padding_or_user_slots():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import slot_diagnostics  # pylint: disable=g-import-not-at-top
+  from recjax import slots  # pylint: disable=g-import-not-at-top
+  user = slots.USER_SLOT_ITEM
+  items = np.array([[3, 1, user, 0], [2, 0, 0, 0]])
+  perm = np.array([2, 0, 1])  # item 0 -> 2, 1 -> 0, 2 -> 1 (0-based)
+  np.testing.assert_array_equal(
+      slot_diagnostics.permute_items(items, perm),
+      [[2, 3, user, 0], [1, 0, 0, 0]])
+
+
+def test_slot_diagnostics_groups_gradient_norms_by_subtree():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import slot_diagnostics  # pylint: disable=g-import-not-at-top
+  grads = {"encoder": {"q": {"kernel": np.full((2,), 3.0),
+                             "lora_a": np.full((1,), 4.0)}},
+           "rsllm": {"mlp_in": {"kernel": np.full((4,), 1.0)},
+                     "user_head": {"kernel": np.zeros((2,))}}}
+  assert slot_diagnostics.subtree_norms(grads, "rsllm") == {
+      "lm_base": round(18 ** 0.5, 6), "lora": 4.0, "rsllm/mlp_in": 2.0,
+      "rsllm/user_head": 0.0}

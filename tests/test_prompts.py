@@ -264,17 +264,22 @@ def test_ie_both_directions(data):
   assert len(one) == data.num_items
 
 
-@pytest.mark.parametrize("fmt", ["title", "id", "title_id"])
+@pytest.mark.parametrize("fmt", ["title", "id", "title_id", "token",
+                                 "title_token"])
 def test_item_formats(data, fmt):
   cfg = PromptConfig(item_format=fmt)
   ex = run("retrieval", data, "test", cfg)[0]
   case = next(split_lib.held_out(data, "test", 20))
   item = data.items[case.history[-1]]
   want = {"title": item["title"], "id": item["id"],
-          "title_id": f'"{item["title"]}" ({item["id"]})'}[fmt]
+          "title_id": f'"{item["title"]}" ({item["id"]})',
+          "token": f'<i:{item["id"]}>',
+          "title_token": f'"{item["title"]}" <i:{item["id"]}>'}[fmt]
   assert want in ex["inputs"]
   tgt = data.items[case.target]
-  assert ex["targets"] == (tgt["title"] if fmt == "title" else tgt["id"])
+  assert ex["targets"] == {"title": tgt["title"], "id": tgt["id"],
+                           "title_id": tgt["id"]}.get(
+                               fmt, f'<i:{tgt["id"]}>')
   if fmt == "title":
     assert not ID_RE.search(ex["inputs"])
 

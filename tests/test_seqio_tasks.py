@@ -278,3 +278,42 @@ def test_read_manifest_errors(tmp_path):
   path.write_text('{\n  "format": \n}')
   with pytest.raises(ValueError, match=r"manifest.json:3: not JSON"):
     registry.read_manifest(tmp_path)
+
+
+def test_item_token_format_one_token_per_item(tmp_path, prepared):
+  """--item_format=title_token: the trained vocabulary holds each item as one
+  piece, targets decode in one step (+ EOS), and a vocabulary without the
+  pieces is refused when given with --vocab."""
+  data = tiny_data(n_users=12)
+  cfg = PromptConfig(num_negatives=5, item_format="title_token")
+  directory = tmp_path / "tok"
+  directory.mkdir()
+  write_task_files(data, directory, config=cfg, vocab_size=300,
+                   tasks=("retrieval", "ie"))
+  registry.register_prepared(directory, dataset_name="tinytok")
+  vocab = seqio.get_mixture_or_task(
+      "tinytok_retrieval").output_features["targets"].vocabulary
+  ids = [vocab.encode(f"<i:{it['id']}>") for it in data.items]
+  assert all(len(i) == 1 for i in ids)
+  assert len({i[0] for i in ids}) == data.num_items  # one token per item
+  assert vocab.decode(ids[7]) == f"<i:{data.items[7]['id']}>"
+  # In a prompt the mention is one token too, and text around it unchanged.
+  mention = vocab.encode(f'"{data.items[3]["title"]}" <i:item_3>; next')
+  assert ids[3][0] in mention
+  ds = seqio.get_mixture_or_task("tinytok_retrieval").get_dataset(
+      LENGTHS, split="test", shuffle=False)
+  targets = [ex["targets"].tolist() for ex in ds.as_numpy_iterator()]
+  assert targets and all(len(t) == 2 and t[-1] == 1 for t in targets)
+  # The same vocabulary given to a second prepare is accepted; a vocabulary
+  # trained without item tokens is refused, naming it and the fix.
+  again = tmp_path / "again"
+  again.mkdir()
+  write_task_files(data, again, config=cfg, tasks=("retrieval",),
+                   vocab_model=directory / "vocab/spiece.model")
+  plain = prepared[0] / "vocab/spiece.model"
+  refused = tmp_path / "refused"
+  refused.mkdir()
+  with pytest.raises(ValueError, match=r"--vocab .*spiece.model: .*title_token"
+                     r".* needs each item as one token"):
+    write_task_files(data, refused, config=cfg, tasks=("retrieval",),
+                     vocab_model=plain)

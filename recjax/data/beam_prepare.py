@@ -303,7 +303,7 @@ def write_task_files(data: PreparedData, directory: str | os.PathLike, *,
   task_plan = export.plan_task_files(
       data, directory, tasks=tasks, splits=splits, num_shards=num_shards,
       vocab_size=vocab_size, train_vocab=train_vocab, vocab_model=vocab_model,
-      pad_swap_id=pad_swap_id)
+      pad_swap_id=pad_swap_id, config=config)
   num_shards = task_plan.num_shards
   counts_dir = directory / _COUNTS_DIR
   counts_dir.mkdir(exist_ok=True)

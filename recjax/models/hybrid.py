@@ -42,12 +42,21 @@ class HybridProjectorConfig:
     tokens_per_slot: K vectors per item (and per user slot).
     hidden_dim: the MLP's hidden width (0 = lm_emb_dim).
     dropout_rate: on the MLP's hidden layer, in training.
+    input_norm: RMS-normalise each recommender vector before the MLP (with a
+      learned scale, as BLIP-2's `ln_vision` over image features). The
+      quickstart's SASRec item embeddings have a median norm of 0.26
+      against 8 for its LayerNorm'd user states and for the tiny FLAN-T5's
+      word embeddings. Off by default: on the quickstart's stage 2 (200
+      steps, 2026-12-07) it sped up the ID-text InfoNCE (1.75 vs 1.94 at
+      step 200) but left the next-item loss where it was (1.72 -> 1.70
+      either way).
     dtype: of the computation (parameters stay float32).
   """
   lm_emb_dim: int = 512
   tokens_per_slot: int = 1
   hidden_dim: int = 0
   dropout_rate: float = 0.0
+  input_norm: bool = False
   dtype: str = 'float32'
 
 
@@ -92,6 +101,8 @@ class HybridProjector(nn.Module):
     hidden = cfg.hidden_dim or cfg.lm_emb_dim
     dtype = jnp.dtype(cfg.dtype)
     self.recommender = self.param(FROZEN_SUBTREE, self._recommender_init)
+    if cfg.input_norm:
+      self.input_norm = t5_lib.LayerNorm(dtype=dtype, name='input_norm')
     self.mlp_in = t5_lib.DenseGeneral(
         hidden, dtype=dtype, kernel_axes=('embed', 'mlp'), use_bias=True,
         name='mlp_in')
@@ -150,7 +161,10 @@ class HybridProjector(nn.Module):
   # -- the trainable part
   def project(self, vectors: Array, deterministic: bool = True) -> Array:
     """[..., d] recommender vectors -> [..., K, lm_emb_dim]."""
-    h = jax.nn.gelu(self.mlp_in(vectors.astype(jnp.dtype(self.config.dtype))))
+    vectors = vectors.astype(jnp.dtype(self.config.dtype))
+    if self.config.input_norm:
+      vectors = self.input_norm(vectors)
+    h = jax.nn.gelu(self.mlp_in(vectors))
     h = self.dropout(h, deterministic=deterministic)
     return self.mlp_out(h)
 

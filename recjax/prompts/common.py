@@ -23,7 +23,9 @@ from recjax import slots
 from recjax.data.prepared import PreparedData
 from recjax.data.split import MIN_LEN_FOR_EVAL, SPLITS, HeldOut, check_split
 
-ITEM_FORMATS = ("title", "id", "title_id")
+ITEM_FORMATS = ("title", "id", "title_id", "token", "title_token")
+# The formats that write an item as its own vocabulary token (`item_token`).
+TOKEN_FORMATS = ("token", "title_token")
 TASK_CODES = {"retrieval": 1, "ranking": 2, "rating": 3, "mim": 4, "mlm": 5,
               "bpr": 6, "ie": 7, "conversation": 8, "item_text": 9}
 SPLIT_CODES = {s: i for i, s in enumerate(SPLITS)}
@@ -36,9 +38,13 @@ class PromptConfig:
 
   Attributes:
     item_format: how items are mentioned in inputs: 'title', 'id', or
-      'title_id' (`"Great Lash Mascara" (item_1042)`). Targets follow it:
-      'title' -> the title, 'id' and 'title_id' -> the item id (an id is short
-      and unambiguous to decode; the title is already in the inputs).
+      'title_id' (`"Great Lash Mascara" (item_1042)`), 'token' or
+      'title_token' (`"Great Lash Mascara" <i:item_1042>`: the id as one
+      vocabulary token, `item_token`; the vocabulary prepare trains holds one
+      piece per item). Targets follow it: 'title' -> the title, 'id' and
+      'title_id' -> the item id (an id is short and unambiguous to decode;
+      the title is already in the inputs), the token formats -> the token
+      (one decoding step per item: collaborative indexing, as OpenP5).
     max_history: most recent items kept in a history.
     min_history: shortest history for a training prefix.
     num_negatives: sampled negatives per ranking example (clamped to what the
@@ -160,8 +166,25 @@ def clean_text(text: Any) -> str:
   return " ".join(str(text or "").split())
 
 
+def item_token(item_id: str) -> str:
+  """The item's own vocabulary token in the token formats: `<i:ID>` (the
+  closing bracket keeps the tokens prefix-free: `<i:1>` is no prefix of
+  `<i:12>`)."""
+  return f"<i:{item_id}>"
+
+
+def item_token_piece(item_id: str) -> str:
+  """The SentencePiece piece of `item_token`: with the word-start mark, so a
+  mention after a space, and a target (dummy prefix), is one token."""
+  return "\u2581" + item_token(item_id)
+
+
 def mention(item_id: str, title: str, item_format: str) -> str:
   """How an item appears in an input."""
+  if item_format in TOKEN_FORMATS:
+    token = item_token(item_id)
+    return token if item_format == "token" or not title else (
+        f'"{title}" {token}')
   if item_format == "id" or not title:
     return item_id
   if item_format == "title":
@@ -184,6 +207,8 @@ def target_text(item_id: str, title: str, item_format: str) -> str:
   """How an item appears as a target: the title for 'title', else the id."""
   if item_format == "title" and title:
     return title
+  if item_format in TOKEN_FORMATS:
+    return item_token(item_id)
   return item_id
 
 

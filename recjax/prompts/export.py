@@ -44,6 +44,7 @@ from recjax.data.prepared import PreparedData
 from recjax.data.split import SPLITS
 from recjax.prompts import (ALL_TASKS, AUX_TASKS, REC_TASKS, TASK_SPLITS, TASKS,
                             mlm)
+from recjax.prompts import common
 from recjax.prompts.common import PromptConfig
 
 MANIFEST_FORMAT = "recjax.tasks/1"
@@ -241,21 +242,61 @@ def _vocab_sentences(data: PreparedData, config: PromptConfig, seed: int,
       yield ex["targets"]
 
 
+def item_token_pieces(data: PreparedData, config: PromptConfig) -> list[str]:
+  """The vocabulary pieces of the items' own tokens (none unless the config's
+  item format is a token format); an id that cannot be one piece (it holds
+  whitespace) is refused, naming it."""
+  if config.item_format not in common.TOKEN_FORMATS:
+    return []
+  pieces = []
+  for item in data.items:
+    item_id = str(item["id"])
+    if not item_id or any(c.isspace() for c in item_id):
+      raise ValueError(
+          f"item_format={config.item_format!r}: item id {item_id!r} cannot "
+          "be one vocabulary token (it is empty or holds whitespace); use "
+          "--item_format=title_id")
+    pieces.append(common.item_token_piece(item_id))
+  return pieces
+
+
+def check_item_tokens(vocab: Any, data: PreparedData, config: PromptConfig,
+                      source: str) -> None:
+  """A given vocabulary must hold every item token as one piece (it is one
+  that prepare trained with the same token format), else refused."""
+  if config.item_format not in common.TOKEN_FORMATS:
+    return
+  for item in data.items:
+    token = common.item_token(str(item["id"]))
+    ids = list(vocab.encode(token))
+    if len(ids) != 1:
+      raise ValueError(
+          f"--vocab {source}: item_format={config.item_format!r} needs each "
+          f"item as one token, but {token!r} encodes to {len(ids)} tokens; "
+          "give the vocabulary that prepare trained on this catalogue with "
+          "the same --item_format (its vocab/spiece.model), or use "
+          "--item_format=title_id")
+
+
 def train_vocabulary(data: PreparedData, path: pathlib.Path, *,
                      config: PromptConfig, seed: int = 0,
                      tasks: Sequence[str] = ALL_TASKS,
                      vocab_size: int = DEFAULT_VOCAB_SIZE,
                      max_prompts_per_task: int = 2000,
                      input_sentence_size: int = 300_000) -> int:
-  """Trains the T5-style SentencePiece model; returns its vocabulary size."""
+  """Trains the T5-style SentencePiece model; returns its vocabulary size.
+
+  With a token item format (`common.TOKEN_FORMATS`) every item's token is a
+  user-defined piece, added on top of `vocab_size` text pieces."""
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  item_pieces = item_token_pieces(data, config)
   sentences = list(itertools.islice(
       _vocab_sentences(data, config, seed, tasks, max_prompts_per_task,
                        max_items=int(input_sentence_size) // 2),
       int(input_sentence_size)))
   # Byte fallback needs 256 byte pieces besides the characters and specials.
   chars = len(set().union(*map(set, sentences))) if sentences else 0
-  vocab_size = max(int(vocab_size), 256 + 4 + chars + 8)
+  vocab_size = max(int(vocab_size), 256 + 4 + chars + 8) + len(item_pieces)
   model = io.BytesIO()
   spm.set_random_generator_seed(int(seed) + 1)  # sentence sampling/shuffling
   spm.SentencePieceTrainer.train(
@@ -263,7 +304,8 @@ def train_vocabulary(data: PreparedData, path: pathlib.Path, *,
       model_writer=model, model_type="unigram", vocab_size=vocab_size,
       hard_vocab_limit=False, byte_fallback=True, character_coverage=0.9995,
       pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
-      eos_piece="</s>", unk_piece="<unk>", user_defined_symbols=["[MASK]"],
+      eos_piece="</s>", unk_piece="<unk>",
+      user_defined_symbols=["[MASK]"] + item_pieces,
       input_sentence_size=int(input_sentence_size),
       shuffle_input_sentence=True, num_threads=1,
       minloglevel=2)
@@ -346,7 +388,8 @@ def plan_task_files(data: PreparedData, directory: pathlib.Path, *,
                     num_shards: int | None, vocab_size: int | None,
                     train_vocab: bool,
                     vocab_model: str | os.PathLike | None,
-                    pad_swap_id: int | str | None) -> TaskPlan:
+                    pad_swap_id: int | str | None,
+                    config: PromptConfig | None = None) -> TaskPlan:
   """Checks the arguments, copies a given vocabulary, clears stale shards.
 
   The first step of `write_task_files` and of its Beam twin
@@ -377,6 +420,10 @@ def plan_task_files(data: PreparedData, directory: pathlib.Path, *,
     train_vocab = False
     path, options, given_vocab_size = _copy_vocabulary(
         vocab_model, directory, pad_swap_id)
+    if config is not None:
+      from recjax import vocabularies  # pylint: disable=g-import-not-at-top
+      check_item_tokens(vocabularies.load_vocabulary(
+          directory / path, **options), data, config, str(vocab_model))
     vocabulary = {"vocabulary": path, "vocabulary_source": str(vocab_model),
                   "vocabulary_options": options}
 
@@ -481,7 +528,7 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
   plan = plan_task_files(
       data, directory, tasks=tasks, splits=splits, num_shards=num_shards,
       vocab_size=vocab_size, train_vocab=train_vocab, vocab_model=vocab_model,
-      pad_swap_id=pad_swap_id)
+      pad_swap_id=pad_swap_id, config=config)
   if num_workers is None:
     num_workers = min(2, os.cpu_count() or 1) if (
         data.num_interactions >= 50_000) else 1
