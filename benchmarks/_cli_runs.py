@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import platform
 import re
 import shlex
 import shutil
@@ -27,6 +28,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Progress lines worth repeating when a stage ends: the trainer's
 # "[recjax] step N/M loss ..." and the baselines' "[bpr] epoch N ...".
 _PROGRESS = re.compile(r"^\[recjax\] step|^\[\w+\] epoch")
+
+
+def cpu_model() -> str:
+  """The host's CPU as /proc/cpuinfo names it (every timing names it)."""
+  try:
+    for line in open("/proc/cpuinfo", encoding="utf-8"):
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
 
 
 class StageError(RuntimeError):

@@ -45,7 +45,6 @@ import argparse
 import json
 import math
 import pathlib
-import platform
 import sys
 
 import numpy as np
@@ -53,7 +52,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _cli_runs import StageError, mean_se, read_rows, start_runner  # noqa: E402
+from _cli_runs import (StageError, cpu_model, mean_se,  # noqa: E402
+                       read_rows, start_runner)
 from recjax.infer.metrics import rank_of  # noqa: E402  (pure numpy)
 
 # name -> (model gin, item format, mixture suffix, label)
@@ -75,16 +75,6 @@ METRIC_LABELS = {"recall10": "retrieval Recall@10",
                  "ndcg10": "retrieval NDCG@10",
                  "hit1": "ranking HitRate@1 (20 candidates)"}
 QUICK = dict(steps="20,40", num_examples=64, sasrec_epochs=1, bpr_epochs=5)
-
-
-def host_cpu() -> str:
-  try:
-    for line in open("/proc/cpuinfo", encoding="utf-8"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def per_user(eval_dir: pathlib.Path, dataset: str) -> dict[str, np.ndarray]:
@@ -235,7 +225,7 @@ def main(argv=None) -> int:
   else:
     source = ["--source=synthetic"]
   run = start_runner(work, outputs, list(dirs.values()), args.resume)
-  cpu = host_cpu()
+  cpu = cpu_model()
   print(f"LM quality on {name}: recipes {recipes}, ladder {ladder} steps; "
         f"workdir {work}; host CPU: {cpu}", flush=True)
   lengths = "{'inputs': 512, 'targets': 16}"

@@ -90,7 +90,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -110,14 +109,7 @@ def _log(msg: str) -> None:
   print(f"[{pathlib.Path(sys.argv[0]).stem}] {msg}", file=sys.stderr, flush=True)
 
 
-def cpu_model() -> str:
-  try:
-    for line in open("/proc/cpuinfo", encoding="utf-8"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
+from _cli_runs import cpu_model  # noqa: E402,F401  (benchmarks/ on sys.path)
 
 
 # ----------------------------------------------------------------- configs

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 
+from recjax import slots
 from recjax.data import split as split_lib
 from recjax.prompts import (ALL_TASKS, AUX_TASKS, CONVERSATION_TASKS, REC_TASKS,
                             TASK_SPLITS, TASKS, PromptConfig, common, mim, mlm)
@@ -331,3 +332,29 @@ def test_tiny_histories_still_give_nonempty_examples(data):
         assert ex["inputs"].strip() and ex["targets"].strip()
         if task in ("retrieval", "ranking", "rating", "bpr"):
           assert len(ex["inputs"].split("; ")) <= 5  # one history item
+
+
+@pytest.mark.parametrize("task", ["retrieval", "ranking", "bpr"])
+def test_user_slot_oracle_leaks_the_target_where_the_user_slot_goes(data,
+                                                                    task):
+  """The diagnostic leak: 'slot' puts the target's own item slot after the
+  history (instead of the user slot), 'text' its mention; 'none' neither."""
+  base = dict(num_negatives=5, item_slots="append", user_slot=True,
+              max_history=4)
+  plain = run(task, data, "test", PromptConfig(**base))
+  leak = run(task, data, "test", PromptConfig(**base,
+                                              user_slot_oracle="slot"))
+  text = run(task, data, "test", PromptConfig(**base,
+                                              user_slot_oracle="text"))
+  index = {it["id"]: n for n, it in enumerate(data.items)}
+  for p, s, t in zip(plain, leak, text):
+    target = index[p["target_item"]]
+    user = p["slot_items"].index(slots.USER_SLOT_ITEM)
+    assert s["slot_items"][user] == target + 1
+    assert s["slot_items"][:user] == p["slot_items"][:user]
+    assert slots.USER_SLOT_ITEM not in s["slot_items"] + t["slot_items"]
+    said = f'"{data.items[target]["title"]}" ({p["target_item"]})'
+    assert t["inputs"].count(said) == p["inputs"].count(said) + 1
+    assert len(t["slot_items"]) == len(p["slot_items"]) - 1
+  with pytest.raises(ValueError, match="user_slot_oracle"):
+    PromptConfig(user_slot_oracle="slot")

@@ -46,7 +46,8 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
                                    b=ctx.mentions[pair[1]])
     return common.example(inputs, ctx.targets[pos], TASK, tid,
                           target_item=ctx.ids[pos],
-                          candidates=[ctx.ids[i] for i in pair])
+                          candidates=[ctx.ids[i] for i in pair], ctx=ctx,
+                          target_index=pos)
 
   for u in common.units(data.num_users, shard):
     rng = rngs.for_unit(u)

@@ -24,6 +24,8 @@ from recjax.data.prepared import PreparedData
 from recjax.data.split import MIN_LEN_FOR_EVAL, SPLITS, HeldOut, check_split
 
 ITEM_FORMATS = ("title", "id", "title_id", "token", "title_token")
+# Where the user slot goes under the diagnostic oracle leak (`example`).
+ORACLE_MARKER = "<user_slot_oracle>"
 # The formats that write an item as its own vocabulary token (`item_token`).
 TOKEN_FORMATS = ("token", "title_token")
 TASK_CODES = {"retrieval": 1, "ranking": 2, "rating": 3, "mim": 4, "mlm": 5,
@@ -74,6 +76,11 @@ class PromptConfig:
       ranking, rating, BPR, conversation), filled with the recommender's
       state after the history's slotted items (`recjax.slots.USER_MARKER`).
       Needs item_slots != 'none'.
+    user_slot_oracle: a diagnostic leak, never for results: 'slot' puts the
+      target item's own slot where the user slot goes (the oracle check
+      that the LM can learn to read a slot: it then holds the answer);
+      'text' writes the target's mention there instead (the positive
+      control: the answer in words). 'none' (default): no leak.
   """
   item_format: str = "title_id"
   max_history: int = 20
@@ -93,6 +100,7 @@ class PromptConfig:
   template: int | None = None
   item_slots: str = "none"
   user_slot: bool = False
+  user_slot_oracle: str = "none"
 
   def __post_init__(self):
     if self.item_format not in ITEM_FORMATS:
@@ -110,6 +118,10 @@ class PromptConfig:
     if self.item_slots not in slots.SLOT_MODES:
       raise ValueError(f"item_slots {self.item_slots!r} not in "
                        f"{slots.SLOT_MODES}")
+    if self.user_slot_oracle not in ("none", "slot", "text"):
+      raise ValueError("user_slot_oracle must be 'none', 'slot' or 'text'")
+    if self.user_slot_oracle != "none" and not self.user_slot:
+      raise ValueError("user_slot_oracle needs user_slot=true")
     if self.user_slot and self.item_slots == "none":
       raise ValueError("user_slot needs item_slots=replace|append: the user "
                        "slot is filled from the history's slotted items")
@@ -221,6 +233,8 @@ class Context:
   targets: list[str]
   rating_scale: tuple[int, int]
   user_suffix: str = ""  # after a history: " <user_slot>" with user_slot
+  oracle: str = "none"  # PromptConfig.user_slot_oracle
+  item_format: str = "title_id"
 
   @classmethod
   def build(cls, data: PreparedData, config: PromptConfig) -> "Context":
@@ -236,7 +250,10 @@ class Context:
                          for n, (i, t) in enumerate(zip(ids, titles))],
                targets=[target_text(i, t, fmt) for i, t in zip(ids, titles)],
                rating_scale=(lo, hi),
-               user_suffix=f" {slots.USER_MARKER}" if config.user_slot else "")
+               user_suffix=(f" {ORACLE_MARKER}" if config.user_slot_oracle
+                            != "none" else f" {slots.USER_MARKER}"
+                            if config.user_slot else ""),
+               oracle=config.user_slot_oracle, item_format=fmt)
 
 
 _CACHE: dict[tuple[int, PromptConfig], tuple[Any, Context]] = {}
@@ -300,8 +317,19 @@ def units(n: int, shard: tuple[int, int] | None) -> range:
 
 def example(inputs: str, targets: str, task: str, template_id: int, *,
             target_item: str = "", candidates: Sequence[str] = (),
-            rating: float = float("nan")) -> Example:
-  """One record; slot markers in `inputs` become the `slot_items` feature."""
+            rating: float = float("nan"), ctx: Context | None = None,
+            target_index: int | None = None) -> Example:
+  """One record; slot markers in `inputs` become the `slot_items` feature.
+
+  With the oracle leak (`PromptConfig.user_slot_oracle`), `ctx` and
+  `target_index` say what replaces the user slot."""
+  if ORACLE_MARKER in inputs:
+    if ctx is None or target_index is None:
+      raise ValueError(f"{task}: the user-slot oracle needs the target")
+    leak = (slots.indexed_marker(target_index) if ctx.oracle == "slot"
+            else mention(ctx.ids[target_index], ctx.titles[target_index],
+                         ctx.item_format))
+    inputs = inputs.replace(ORACLE_MARKER, leak)
   inputs, slot_items = slots.strip_slot_indices(inputs)
   ex = {"inputs": inputs, "targets": targets, "task": task,
         "template_id": template_id, "target_item": target_item,

@@ -262,4 +262,5 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
         suggestion=ctx.mentions[c.suggestion],
         refinement=table.text(c.target, c.refinement))
     yield common.example(inputs, ctx.targets[c.target], TASK, c.template,
-                         target_item=ctx.ids[c.target])
+                         target_item=ctx.ids[c.target], ctx=ctx,
+                         target_index=c.target)

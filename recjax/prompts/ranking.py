@@ -45,7 +45,8 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
         candidates=common.history_text(ctx, cands))
     return common.example(inputs, ctx.targets[target], TASK, tid,
                           target_item=ctx.ids[target],
-                          candidates=common.pick(ctx.ids, cands))
+                          candidates=common.pick(ctx.ids, cands), ctx=ctx,
+                          target_index=target)
 
   for u in common.units(data.num_users, shard):
     rng = rngs.for_unit(u)

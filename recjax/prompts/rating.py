@@ -44,7 +44,8 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
     inputs = TEMPLATES[tid].format(history=text + ctx.user_suffix,
                                    item=m[target], lo=lo, hi=hi)
     return common.example(inputs, common.format_rating(rating), TASK, tid,
-                          target_item=ctx.ids[target], rating=rating)
+                          target_item=ctx.ids[target], rating=rating,
+                          ctx=ctx, target_index=target)
 
   for u in common.units(data.num_users, shard):
     rng = rngs.for_unit(u)

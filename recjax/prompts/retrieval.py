@@ -34,7 +34,8 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
   def make(template: int, hist_text: str, target: int) -> Example:
     return common.example(TEMPLATES[template].format(history=hist_text),
                           ctx.targets[target], TASK, template,
-                          target_item=ctx.ids[target])
+                          target_item=ctx.ids[target], ctx=ctx,
+                          target_index=target)
 
   for u in common.units(data.num_users, shard):
     rng = rngs.for_unit(u)
