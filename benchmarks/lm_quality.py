@@ -153,7 +153,8 @@ def plot(path: pathlib.Path, dataset: str, results: dict, labels: dict):
       ys = [r[m] for r in rows.values()]
       es = [r[f"{m}_se"] for r in rows.values()]
       ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=labels[name])
-    ax.set_xlabel("training CPU-minutes (this host)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training CPU-minutes (this host; log scale)")
     ax.set_title(f"{dataset}: {METRIC_LABELS[m]}")
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)

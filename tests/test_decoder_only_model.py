@@ -347,8 +347,11 @@ def test_remat_policies_identical_logits_and_grads():
         PARAMS)
     results.append((np.asarray(logits), jax.tree_util.tree_map(np.asarray,
                                                                grads)))
+  # Recomputation changes XLA's fusion, so float32 rounding may differ in
+  # the last bits: on an Intel Xeon host one logit of 1,280 moved by 1.07e-6
+  # (0.5102444 vs 0.5102454) with every policy equally right.
   for logits, grads in results[1:]:
-    np.testing.assert_allclose(logits, results[0][0], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(logits, results[0][0], atol=1e-5, rtol=0)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
         grads, results[0][1])
