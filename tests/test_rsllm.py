@@ -149,13 +149,15 @@ def test_user_slot_is_sasrecs_state_after_the_history(prepared):
   np.testing.assert_array_equal(got[1], 0.0)  # no history before the slot
   tokens = proj.apply({"params": params}, rows, method="soft_tokens")
   assert tokens.shape == (2, 6, K, WIDTH)
+  # atol: the soft tokens are ~1e-3, and a batched and a single projection
+  # may round differently in float32 (1e-9 apart on an Intel Xeon host).
   np.testing.assert_allclose(
       tokens[0, 3], proj.apply({"params": params}, got[0], method="project"),
-      rtol=1e-6)
+      rtol=1e-6, atol=1e-8)
   np.testing.assert_allclose(
       tokens[0, 4], proj.apply({"params": params},
                                jnp.asarray(values["item_embedding"][30]),
-                               method="project"), rtol=1e-6)
+                               method="project"), rtol=1e-6, atol=1e-8)
 
 
 def test_sasrec_of_another_catalogue_is_refused(prepared, tmp_path):
@@ -350,6 +352,56 @@ def test_stage2_trains_the_projector_and_lora_on_the_mesh(prepared):
       atol=1e-6)
 
 
+# ------------------------------------------------------- the slot pathway
+def _oracle_batches(batches, titles, seed, leak):
+  """`batches` whose targets are random items' titles, unpredictable from
+  the text; the user slot holds the target item itself (`leak`: an oracle
+  leak, for pathway checks only) or always item 0."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for b in batches:
+    b = dict(b)
+    rows, length = b["decoder_target_tokens"].shape
+    targets = rng.integers(len(titles), size=rows)
+    tgt = np.zeros((rows, length), np.int32)
+    for r, item in enumerate(targets):
+      t = [int(x) for x in titles[item] if x > 0] + [1]
+      tgt[r, :len(t)] = t
+    b["decoder_target_tokens"] = tgt
+    b["decoder_input_tokens"] = np.pad(tgt[:, :-1], ((0, 0), (1, 0)))
+    b["decoder_loss_weights"] = (tgt > 0).astype(np.int32)
+    items = b["slot_items"].copy()
+    for r, item in enumerate(targets):
+      items[r][items[r] == slots.USER_SLOT_ITEM] = (item if leak else 0) + 1
+    b["slot_items"] = items
+    out.append(b)
+  return out
+
+
+def test_the_lm_reads_what_the_slot_holds(prepared):
+  """The forward half of the pathway: changing the item in one user slot
+  changes that row's logits and no other row's (no leak across rows)."""
+  _, _, sasrec_dir = prepared
+  model = _model("encoder_decoder", sasrec_dir,
+                 user_item_weight=0.0, id_text_weight=0.0)
+  params = _init(model)
+  b = _oracle_batches(_batches(model, n=1, batch=4), model.item_titles, 0,
+                      True)[0]
+  other = dict(b, slot_items=b["slot_items"].copy())
+  user = np.argmax(np.cumsum(other["slot_items"][0] > 0))  # row 0's last slot
+  other["slot_items"][0, user] = other["slot_items"][0, user] % 60 + 2
+
+  def logits(batch):
+    filled, emb, mask = model._filled_batch(  # pylint: disable=protected-access
+        params, {k: jnp.asarray(v) for k, v in batch.items()})
+    return np.asarray(model.lm._compute_logits(  # pylint: disable=protected-access
+        params, filled, None, input_embeddings=emb, embedding_mask=mask))
+
+  a, c = logits(b), logits(other)
+  assert np.abs(a[0] - c[0]).max() > 1e-3
+  np.testing.assert_array_equal(a[1:], c[1:])
+
+
 # ------------------------------------------------- the shipped gins, end to end
 LM_GINS = {
     "t5": ("models/flan_t5_tiny.gin", [
@@ -490,53 +542,3 @@ def test_eval_reads_the_stage2_model(prepared, stages, tmp_path):
   assert 0 <= ranking["hit@1"] <= ranking["hit@5"] == 1.0  # 5 candidates
   assert 0 <= ranking["llara_valid_ratio"] <= 1
   assert results["trsllm_retrieval"]["count"] == 4
-
-
-# ------------------------------------------------------- the slot pathway
-def _oracle_batches(batches, titles, seed, leak):
-  """`batches` whose targets are random items' titles, unpredictable from
-  the text; the user slot holds the target item itself (`leak`: an oracle
-  leak, for pathway checks only) or always item 0."""
-  rng = np.random.default_rng(seed)
-  out = []
-  for b in batches:
-    b = dict(b)
-    rows, length = b["decoder_target_tokens"].shape
-    targets = rng.integers(len(titles), size=rows)
-    tgt = np.zeros((rows, length), np.int32)
-    for r, item in enumerate(targets):
-      t = [int(x) for x in titles[item] if x > 0] + [1]
-      tgt[r, :len(t)] = t
-    b["decoder_target_tokens"] = tgt
-    b["decoder_input_tokens"] = np.pad(tgt[:, :-1], ((0, 0), (1, 0)))
-    b["decoder_loss_weights"] = (tgt > 0).astype(np.int32)
-    items = b["slot_items"].copy()
-    for r, item in enumerate(targets):
-      items[r][items[r] == slots.USER_SLOT_ITEM] = (item if leak else 0) + 1
-    b["slot_items"] = items
-    out.append(b)
-  return out
-
-
-def test_the_lm_reads_what_the_slot_holds(prepared):
-  """The forward half of the pathway: changing the item in one user slot
-  changes that row's logits and no other row's (no leak across rows)."""
-  _, _, sasrec_dir = prepared
-  model = _model("encoder_decoder", sasrec_dir,
-                 user_item_weight=0.0, id_text_weight=0.0)
-  params = _init(model)
-  b = _oracle_batches(_batches(model, n=1, batch=4), model.item_titles, 0,
-                      True)[0]
-  other = dict(b, slot_items=b["slot_items"].copy())
-  user = np.argmax(np.cumsum(other["slot_items"][0] > 0))  # row 0's last slot
-  other["slot_items"][0, user] = other["slot_items"][0, user] % 60 + 2
-
-  def logits(batch):
-    filled, emb, mask = model._filled_batch(  # pylint: disable=protected-access
-        params, {k: jnp.asarray(v) for k, v in batch.items()})
-    return np.asarray(model.lm._compute_logits(  # pylint: disable=protected-access
-        params, filled, None, input_embeddings=emb, embedding_mask=mask))
-
-  a, c = logits(b), logits(other)
-  assert np.abs(a[0] - c[0]).max() > 1e-3
-  np.testing.assert_array_equal(a[1:], c[1:])
