@@ -43,13 +43,10 @@ class HybridProjectorConfig:
     hidden_dim: the MLP's hidden width (0 = lm_emb_dim).
     dropout_rate: on the MLP's hidden layer, in training.
     input_norm: RMS-normalise each recommender vector before the MLP (with a
-      learned scale, as BLIP-2's `ln_vision` over image features). The
-      quickstart's SASRec item embeddings have a median norm of 0.26
-      against 8 for its LayerNorm'd user states and for the tiny FLAN-T5's
-      word embeddings. Off by default: on the quickstart's stage 2 (200
-      steps, 2026-12-07) it sped up the ID-text InfoNCE (1.75 vs 1.94 at
-      step 200) but left the next-item loss where it was (1.72 -> 1.70
-      either way).
+      learned scale, as BLIP-2's `ln_vision` over image features). Off by
+      default: on the quickstart's RSLLM it brought the item slots from
+      1/56 of the word embeddings' norm to word scale but the LM ignored
+      them just the same (benchmarks/README.md, slot_diagnostics.py).
     dtype: of the computation (parameters stay float32).
   """
   lm_emb_dim: int = 512
