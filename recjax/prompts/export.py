@@ -389,7 +389,7 @@ def plan_task_files(data: PreparedData, directory: pathlib.Path, *,
                     train_vocab: bool,
                     vocab_model: str | os.PathLike | None,
                     pad_swap_id: int | str | None,
-                    config: PromptConfig | None = None) -> TaskPlan:
+                    config: PromptConfig) -> TaskPlan:
   """Checks the arguments, copies a given vocabulary, clears stale shards.
 
   The first step of `write_task_files` and of its Beam twin
@@ -419,13 +419,13 @@ def plan_task_files(data: PreparedData, directory: pathlib.Path, *,
     vocab_model = pathlib.Path(vocab_model).expanduser()
     train_vocab = False
     path, options, given_vocab_size = _copy_vocabulary(
-        vocab_model, directory, pad_swap_id)
-    if config is not None:
-      from recjax import vocabularies  # pylint: disable=g-import-not-at-top
-      check_item_tokens(vocabularies.load_vocabulary(
-          directory / path, **options), data, config, str(vocab_model))
+        vocab_model, directory, pad_swap_id,
+        check=lambda vocab: check_item_tokens(vocab, data, config,
+                                              str(vocab_model)))
     vocabulary = {"vocabulary": path, "vocabulary_source": str(vocab_model),
                   "vocabulary_options": options}
+  elif train_vocab:
+    item_token_pieces(data, config)  # refuses unusable ids before any work
 
   pairs = [(t, s) for t in tasks for s in splits if s in TASK_SPLITS[t]]
   for t, s in pairs:
@@ -571,9 +571,10 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
 
 
 def _copy_vocabulary(given: pathlib.Path, directory: pathlib.Path,
-                     pad_swap_id: int | str | None
+                     pad_swap_id: int | str | None, check=None
                      ) -> tuple[str, dict[str, Any], int]:
-  """Copies a user-given vocabulary into `directory/vocab/`, checked first.
+  """Copies a user-given vocabulary into `directory/vocab/`, checked first
+  (and by `check(vocab)`, e.g. for the item tokens).
 
   Returns its path relative to `directory`, the options that load it
   (`recjax.vocabularies.load_vocabulary`), and its number of tokens.
@@ -583,6 +584,8 @@ def _copy_vocabulary(given: pathlib.Path, directory: pathlib.Path,
     vocab = vocabularies.load_vocabulary(given, pad_swap_id=pad_swap_id)
   except (OSError, ValueError) as e:
     raise type(e)(f"--vocab {given}: {e}") from None
+  if check is not None:
+    check(vocab)
   (directory / VOCAB_PATH).parent.mkdir(parents=True, exist_ok=True)
   if isinstance(vocab, vocabularies.HfTokenizerVocabulary):
     source = pathlib.Path(vocab.tokenizer_file)
