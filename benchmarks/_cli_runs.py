@@ -112,6 +112,26 @@ def read_rows(eval_dir: pathlib.Path, task: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
+def per_user(eval_dir: pathlib.Path, dataset: str) -> dict[str, np.ndarray]:
+  """Per-test-user recall@10, ndcg@10 (retrieval) and hit@1 (ranking) from
+  a `recjax eval` dir's predictions.
+
+  Also `targets`: the users' test items in file order (one retrieval and one
+  ranking example per user, users in the same order in every prepared
+  directory of the same data), to pair variants user by user.
+  """
+  from recjax.infer.metrics import rank_of  # pylint: disable=g-import-not-at-top
+  ret = read_rows(eval_dir, f"{dataset}_retrieval")
+  rank = read_rows(eval_dir, f"{dataset}_ranking")
+  r = np.array([rank_of(x["target_item"], x["predictions"]) for x in ret])
+  top10 = (r > 0) & (r <= 10)
+  ndcg = np.where(top10, 1.0 / np.log2(np.maximum(r, 1) + 1.0), 0.0)
+  return {"recall10": top10.astype(np.float64), "ndcg10": ndcg,
+          "hit1": (np.array([x["rank"] for x in rank]) == 1).astype(
+              np.float64),
+          "targets": np.array([x["target_item"] for x in ret])}
+
+
 def mean_se(x: np.ndarray) -> tuple[float, float]:
   """Mean and standard error std(ddof=1)/sqrt(n) (nan where undefined)."""
   x = np.asarray(x, np.float64)

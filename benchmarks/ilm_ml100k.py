@@ -65,11 +65,10 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recjax.infer.metrics import rank_of  # noqa: E402  (pure numpy)
 # Shared with rsllm_lastfm.py (benchmarks/ is sys.path[0] when run as a script).
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _cli_runs import (StageError, mean_se, start_runner,  # noqa: E402
-                       paired_diff, read_rows)
+                       paired_diff, per_user)
 
 VARIANTS = ("frozen_lm", "ilm", "ilm_unaligned")
 LABELS = {"frozen_lm": "frozen LM, titles only", "ilm": "ILM",
@@ -81,24 +80,6 @@ QUICK = dict(lm_steps=20, p1_steps=20, p2_steps=20, bpr_epochs=5,
 
 
 # ------------------------------------------------------------------ metrics
-def per_user(eval_dir: pathlib.Path, dataset: str) -> dict[str, np.ndarray]:
-  """Per-test-user recall@10, ndcg@10 (retrieval) and hit@1 (ranking).
-
-  Also `targets`: the users' test items in file order (one retrieval and one
-  ranking example per user, users in the same order in every prepared
-  directory of the same data), used to pair variants user by user.
-  """
-  ret = read_rows(eval_dir, f"{dataset}_retrieval")
-  rank = read_rows(eval_dir, f"{dataset}_ranking")
-  r = np.array([rank_of(x["target_item"], x["predictions"]) for x in ret])
-  top10 = (r > 0) & (r <= 10)
-  ndcg = np.where(top10, 1.0 / np.log2(np.maximum(r, 1) + 1.0), 0.0)
-  return {"recall10": top10.astype(np.float64), "ndcg10": ndcg,
-          "hit1": (np.array([x["rank"] for x in rank]) == 1).astype(
-              np.float64),
-          "targets": np.array([x["target_item"] for x in ret])}
-
-
 def check_against_eval(eval_dir: pathlib.Path, dataset: str,
                        users: dict[str, np.ndarray]) -> None:
   """The per-user means must equal what `recjax eval` wrote in metrics.json."""

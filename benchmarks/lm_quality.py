@@ -47,14 +47,12 @@ import math
 import pathlib
 import sys
 
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _cli_runs import (StageError, cpu_model, mean_se,  # noqa: E402
-                       read_rows, start_runner)
-from recjax.infer.metrics import rank_of  # noqa: E402  (pure numpy)
+                       per_user, start_runner)
 
 # name -> (model gin, item format, mixture suffix, label)
 RECIPES = {
@@ -75,19 +73,6 @@ METRIC_LABELS = {"recall10": "retrieval Recall@10",
                  "ndcg10": "retrieval NDCG@10",
                  "hit1": "ranking HitRate@1 (20 candidates)"}
 QUICK = dict(steps="20,40", num_examples=64, sasrec_epochs=1, bpr_epochs=5)
-
-
-def per_user(eval_dir: pathlib.Path, dataset: str) -> dict[str, np.ndarray]:
-  """Per-test-user recall@10, ndcg@10 (retrieval) and hit@1 (ranking)."""
-  ret = read_rows(eval_dir, f"{dataset}_retrieval")
-  rank = read_rows(eval_dir, f"{dataset}_ranking")
-  r = np.array([rank_of(x["target_item"], x["predictions"]) for x in ret])
-  top10 = (r > 0) & (r <= 10)
-  return {"recall10": top10.astype(np.float64),
-          "ndcg10": np.where(top10, 1.0 / np.log2(np.maximum(r, 1) + 1.0),
-                             0.0),
-          "hit1": (np.array([x["rank"] for x in rank]) == 1).astype(
-              np.float64)}
 
 
 def binary_se(p: float, n: int) -> float:
