@@ -25,7 +25,8 @@ Usage (the quickstart's RSLLM, after `bash launch/quickstart.sh`):
     --gin.MIXTURE_OR_TASK_NAME="'synthetic_rsllm_rec'" \\
     --gin.TASK_FEATURE_LENGTHS="{'inputs': 768, 'targets': 16, 'slot_items': 48}" \\
     --gin.ACTIVATION_DTYPE="'float32'"
-The last stdout line is one JSON object with every figure.
+`--gin.diagnose.batches=N` / `batch_size` / `seed` change the sample. The
+last stdout line is one JSON object with every figure.
 """
 from __future__ import annotations
 
@@ -100,12 +101,12 @@ def diagnose(*, model=gin.REQUIRED, checkpoint_path=gin.REQUIRED,
   if not data:
     raise SystemExit(f"{mixture_or_task_name}: no validation batch of "
                      f"{batch_size}")
-  table = params[model.params_key]
-  num_items = int(np.max([b[slots.SLOT_FEATURE][
-      b[slots.SLOT_FEATURE] != slots.USER_SLOT_ITEM].max() for b in data]))
-  recommender = table.get("recommender", {})
-  if "item_embedding" in recommender:
-    num_items = recommender["item_embedding"].shape[0] - 1
+  # Swap within the catalogue: RSLLM's SASRec table says its size; for ILM
+  # the largest item the batches name bounds the permutation.
+  table = params[model.params_key].get("recommender", {}).get("item_embedding")
+  num_items = (table.shape[0] - 1 if table is not None else max(
+      int(b[slots.SLOT_FEATURE][b[slots.SLOT_FEATURE] !=
+                                slots.USER_SLOT_ITEM].max()) for b in data))
   perm = np.random.default_rng(seed).permutation(num_items)
 
   original = model.slot_vectors

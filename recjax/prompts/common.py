@@ -250,10 +250,18 @@ class Context:
                          for n, (i, t) in enumerate(zip(ids, titles))],
                targets=[target_text(i, t, fmt) for i, t in zip(ids, titles)],
                rating_scale=(lo, hi),
-               user_suffix=(f" {ORACLE_MARKER}" if config.user_slot_oracle
-                            != "none" else f" {slots.USER_MARKER}"
-                            if config.user_slot else ""),
+               user_suffix=_user_suffix(config),
                oracle=config.user_slot_oracle, item_format=fmt)
+
+
+def _user_suffix(config: PromptConfig) -> str:
+  """What follows a history: nothing, the user slot, or the oracle's marker
+  (`example` puts the leak there)."""
+  if not config.user_slot:
+    return ""
+  marker = slots.USER_MARKER if config.user_slot_oracle == "none" else (
+      ORACLE_MARKER)
+  return f" {marker}"
 
 
 _CACHE: dict[tuple[int, PromptConfig], tuple[Any, Context]] = {}
