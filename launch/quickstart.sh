@@ -186,8 +186,7 @@ fi
 for RUN in "${RSLLM_RUNS[@]}"; do
   IFS='|' read -r LABEL INIT EXTRA NAME <<< "$RUN"
   if [[ "$EXTRA" == text ]]; then  # the text model, continued with LoRA
-    MODEL_GINS=(--gin_file=runs/finetune.gin --gin_file=runs/lora.gin
-                --gin.train.optimizer=@optimizers.adamw)
+    MODEL_GINS=(--gin_file=runs/finetune.gin --gin_file=runs/lora.gin)
     MIX=synthetic_rec; LENGTHS="{'inputs': 512, 'targets': 16}"; EXTRA=()
     EVAL_GINS=(--gin_file=runs/lora.gin)
   else

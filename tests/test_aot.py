@@ -249,7 +249,7 @@ def test_decode_alone_and_decode_compiled_whole_by_depth(tiny, devices):
 
 def test_lora_sizes_the_adapters_state_only(tiny, devices):
   """With runs/lora.gin the optimizer state is the adapters' alone, as
-  train() freezes the base (the default optimizer too)."""
+  train() freezes the base (with the default optimizer too)."""
   lora = aot.model_from_gin(['models/flan_t5_tiny.gin', 'runs/finetune.gin',
                              'runs/lora.gin'], ['VOCAB_SIZE = 256'])
   kw = dict(num_partitions=1, batch_size=8, compile=False, devices=devices,
@@ -261,11 +261,13 @@ def test_lora_sizes_the_adapters_state_only(tiny, devices):
                      frozen_patterns=lora['frozen_patterns'], **kw)
   adapter_bytes = 4 * (r.num_params - full.num_params)
   assert adapter_bytes > 0
-  # Unfactored second moments (adapters are small) plus a few counters.
-  assert adapter_bytes <= r.train.optimizer_bytes < adapter_bytes + 4096
+  # lora.gin's AdamW: two moments of the adapters plus a counter.
+  assert 2 * adapter_bytes <= r.train.optimizer_bytes < 2 * adapter_bytes + 64
   assert r.train.optimizer_bytes < full.train.optimizer_bytes
+  # The default optimizer (Adafactor, unfactored for small adapters) freezes
+  # the base too: one moment of the adapters.
   default = aot.size_model(lora['model'], 'v5e:2x2', **kw)
-  assert default.train.optimizer_bytes == r.train.optimizer_bytes
+  assert adapter_bytes <= default.train.optimizer_bytes < adapter_bytes + 4096
 
 
 def test_cli_bad_topology_is_one_line():

@@ -71,10 +71,12 @@ def _base_model_gin():
 
 
 def _binds_train(path):
-  """Whether the gin (or a file it includes) configures `train()`."""
+  """Whether the gin (or a file it includes) configures a `train()` run (its
+  `train:` block); overlays such as runs/lora.gin set one argument of it and
+  cannot run alone."""
   with open(path, encoding='utf-8') as f:
     text = f.read()
-  if 'recjax.train.trainer' in text:
+  if re.search(r'^train:\s*$', text, re.M):
     return True
   return any(_binds_train(os.path.join(GIN_DIR, inc)) for inc in
              re.findall(r"^include\s+'([^']+)'", text, re.M))
