@@ -44,6 +44,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from recjax import slots  # noqa: E402
+from recjax.train import optimizers  # noqa: E402
 from recjax.train import gin_utils  # noqa: E402
 from recjax.train import model_api  # noqa: E402
 
@@ -60,19 +61,14 @@ def permute_items(slot_items: np.ndarray, perm: np.ndarray) -> np.ndarray:
 
 
 def subtree_norms(grads, params_key: str) -> dict[str, float]:
-  """Gradient norm per group: 'lora' (every lora_a / lora_b), 'lm_base'
-  (the LM's other parameters), '<params_key>/<child>' for the slot module."""
-  sq: dict[str, float] = {}
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    names = [str(getattr(p, "key", p)) for p in path]
-    if names[0] == params_key:
-      group = f"{params_key}/{names[1]}"
-    elif any(n.startswith("lora_") for n in names):
-      group = "lora"
-    else:
-      group = "lm_base"
-    sq[group] = sq.get(group, 0.0) + float(jnp.sum(jnp.square(g)))
-  return {k: round(v ** 0.5, 6) for k, v in sorted(sq.items())}
+  """Gradient norm per group (`optimizers.norm_group`, as the trainer's
+  `train.subtree_norms` logs them): 'lora', '<params_key>/<child>' for the
+  slot module, the LM's own subtrees by name."""
+  groups = jax.tree_util.tree_map_with_path(
+      lambda path, _: optimizers.norm_group(optimizers.param_path(path),
+                                            params_key), grads)
+  return {k: round(float(v), 6) for k, v in
+          sorted(optimizers.group_norms(grads, groups).items())}
 
 
 @gin.configurable

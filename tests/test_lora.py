@@ -475,3 +475,40 @@ def test_lora_gin_moves_every_adapter_and_lowers_the_loss(tmp_path):
   for k, b in bs.items():
     assert np.abs(b).max() > lr, (k, np.abs(b).max())
   assert len(losses) == 8 and losses[-1] < losses[0], losses
+
+
+def test_subtree_norms_name_what_trains():
+  """`train.subtree_norms`: with LoRA only the adapters' group is reported,
+  and its gradient, update and parameter norms equal the ones computed from
+  the states before and after the step; without LoRA the groups are the
+  model's subtrees and their gradient norms make up the global one."""
+  def step(cfg, frozen):
+    model = model_api.EncoderDecoderModel(
+        t5.Transformer(cfg), test_utils.BYTE_VOCAB, test_utils.BYTE_VOCAB)
+    metrics, state, init = test_utils.run_train_steps(
+        model, (1, 1), _adam, _host_batches()[:1], _input_shapes(),
+        frozen_patterns=frozen, subtree_norms=True)
+    return (metrics[0], checkpoints.flatten_params(init),
+            checkpoints.flatten_params(jax.device_get(state.params)))
+
+  m, before, after = step(CFG, lora.FROZEN_BASE_PATTERNS)
+  assert sorted(k for k in m if '/' in k) == [
+      'grad_norm/lora', 'param_norm/lora', 'update_norm/lora']
+  keys = [k for k in before if lora.is_lora_path(k)]
+  norm = lambda xs: float(np.sqrt(sum(np.sum(np.square(x)) for x in xs)))
+  np.testing.assert_allclose(m['grad_norm/lora'], m['grad_norm'], rtol=1e-6)
+  np.testing.assert_allclose(m['param_norm/lora'],
+                             norm(before[k] for k in keys), rtol=1e-5)
+  np.testing.assert_allclose(m['update_norm/lora'],
+                             norm(after[k] - before[k] for k in keys),
+                             rtol=1e-4)
+  assert m['update_norm/lora'] > 0
+
+  m, before, _ = step(BASE, ())
+  groups = sorted({k.split('/')[0] for k in before})
+  assert len(groups) > 1
+  assert sorted(k for k in m if k.startswith('grad_norm/')) == [
+      f'grad_norm/{g}' for g in groups]
+  np.testing.assert_allclose(
+      np.sqrt(sum(m[f'grad_norm/{g}'] ** 2 for g in groups)), m['grad_norm'],
+      rtol=1e-5)

@@ -179,6 +179,19 @@ def test_sasrec_of_another_catalogue_is_refused(prepared, tmp_path):
         mixture_or_task_name=TASK, sasrec_dir=str(tmp_path / "bpr"))
 
 
+def test_ilm_refuses_a_user_slot_directory(prepared):
+  """ILM's item encoder has no row for the user slot: the directory is
+  refused by name (its item-text task, without user slots, is not)."""
+  from recjax.models import item_encoder as item_encoder_lib
+  from recjax.train import ilm_model
+  d, _, _ = prepared
+  config = item_encoder_lib.ItemEncoderConfig(num_query_tokens=K)
+  with pytest.raises(ValueError, match="user_slot=true") as e:
+    ilm_model.item_encoder(config, mixture_or_task_name=TASK)
+  assert str(d) in str(e.value)
+  ilm_model.item_encoder(config, mixture_or_task_name="trsllm_item_text")
+
+
 def test_projector_width_and_slot_count_mismatches_are_refused(prepared):
   _, _, sasrec_dir = prepared
   projector = rsllm_model.rsllm_projector(

@@ -222,6 +222,23 @@ def item_text_task(mixture_or_task_name: str = gin.REQUIRED,
       f'{mixture_or_task_name}_bert', vocabularies.load_vocabulary(bert_dir))
 
 
+def _refuse_user_slots(prepared_dir, mixture_or_task_name: str) -> None:
+  """ILM's encoder has a row per catalogue item and nothing for RSLLM's user
+  slot (`slots.USER_SLOT_ITEM`): a directory prepared with one is refused
+  instead of looking past the table. Phase 1's item-text task has no user
+  slots and passes."""
+  from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
+  if mixture_or_task_name.endswith('_' + registry.ITEM_TEXT_TASK):
+    return
+  manifest = registry.read_manifest(prepared_dir) or {}
+  if manifest.get('config', {}).get('user_slot'):
+    raise ValueError(
+        f'{mixture_or_task_name}: {prepared_dir} was prepared with '
+        '--prompt=user_slot=true (RSLLM\'s user slot), which ILM\'s item '
+        'encoder cannot fill; prepare a directory for ILM without it '
+        '(recjax prepare --prompt=item_slots=append).')
+
+
 @gin.configurable(module='models')
 def item_encoder(config=gin.REQUIRED, *, mixture_or_task_name: str =
                  gin.REQUIRED, cf_embeddings_dir: Optional[str] = None,
@@ -245,6 +262,7 @@ def item_encoder(config=gin.REQUIRED, *, mixture_or_task_name: str =
   from recjax.data.prepared import PreparedData  # pylint: disable=g-import-not-at-top
   from recjax.models import item_encoder as item_encoder_lib  # pylint: disable=g-import-not-at-top
   prepared_dir = prepared_dir_of_task(mixture_or_task_name)
+  _refuse_user_slots(prepared_dir, mixture_or_task_name)
   data = PreparedData.load(prepared_dir)
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   vocab = provider.output_features['inputs'].vocabulary

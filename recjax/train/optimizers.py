@@ -226,6 +226,34 @@ def param_path(path) -> str:
   return '/'.join(parts)
 
 
+def norm_group(path: str, slot_key: Optional[str] = None) -> str:
+  """The subtree a parameter's norms are reported under: 'lora' for every
+  adapter, '<slot_key>/<child>' inside a slot model's own subtree (e.g.
+  'rsllm/projector'), else the path's first name ('encoder', 'decoder',
+  'token_embedder', ...): the groups whose learning rates and scales differ."""
+  names = path.split('/')
+  if any(n.startswith('lora_') for n in names):
+    return 'lora'
+  if slot_key and names[0] == slot_key and len(names) > 1:
+    return f'{slot_key}/{names[1]}'
+  return names[0]
+
+
+def group_norms(tree: Any, groups: Any, skip: Any = None) -> dict:
+  """{group: global norm of the leaves of `tree` in it}; `groups` is a tree of
+  group names (`norm_group` per leaf), `skip` a tree of bools (frozen)."""
+  sq: dict = {}
+  skips = (jax.tree_util.tree_leaves(skip) if skip is not None
+           else [False] * len(jax.tree_util.tree_leaves(groups)))
+  for leaf, g, s in zip(jax.tree_util.tree_leaves(tree),
+                        jax.tree_util.tree_leaves(groups), skips):
+    if s:
+      continue
+    v = jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+    sq[g] = sq[g] + v if g in sq else v
+  return {g: jnp.sqrt(v) for g, v in sq.items()}
+
+
 def frozen_labels(params: Any, frozen_patterns: Sequence[str]) -> Any:
   """Tree of 'frozen' / 'trainable' labels (regex search over param paths)."""
   compiled = [re.compile(p) for p in frozen_patterns]

@@ -92,7 +92,8 @@ def encdec_input_shapes(lengths) -> dict:
 
 
 def run_train_steps(model, mesh_shape, tx_fn, batches, input_shapes, *,
-                    num_microbatches=None, frozen_patterns=()):
+                    num_microbatches=None, frozen_patterns=(),
+                    subtree_norms=False):
   """Runs the real train step on a (data, model) mesh over `batches`.
 
   Returns (metrics per step as floats, final sharded TrainState, initial
@@ -114,7 +115,8 @@ def run_train_steps(model, mesh_shape, tx_fn, batches, input_shapes, *,
   step = part.partition(
       trainer.make_train_step(model, setup.tx, num_microbatches,
                               part.data_sharding(),
-                              frozen_patterns=frozen_patterns),
+                              frozen_patterns=frozen_patterns,
+                              subtree_norms=subtree_norms),
       in_shardings=(setup.state_shardings, shardings, part.replicated()),
       out_shardings=(setup.state_shardings, part.replicated()),
       donate_argnums=(0,))

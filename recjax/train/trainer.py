@@ -68,7 +68,8 @@ def make_train_step(model: model_api.BaseModel,
                     tx: optax.GradientTransformation,
                     num_microbatches: Optional[int] = None,
                     data_sharding: Optional[NamedSharding] = None,
-                    frozen_patterns: Sequence[str] = ()
+                    frozen_patterns: Sequence[str] = (),
+                    subtree_norms: bool = False
                    ) -> Callable[[TrainState, Mapping[str, jax.Array], jax.Array],
                                  Tuple[TrainState, Mapping[str, jax.Array]]]:
   """Pure (state, batch, rng) -> (state, metrics).
@@ -83,6 +84,12 @@ def make_train_step(model: model_api.BaseModel,
   the loss through `stop_gradient`: their gradients are zeros and their
   weight-gradient matmuls are never computed (LoRA on a 7B model), and
   `grad_norm` is the norm over the trained parameters.
+
+  `subtree_norms` adds `grad_norm/<group>`, `update_norm/<group>` and
+  `param_norm/<group>` per trained subtree (`optimizers.norm_group`: the
+  adapters, a slot model's projector or encoder, the LM's encoder...): which
+  part learns, and how fast relative to its size. Off by default: the update
+  norms read every update once more.
   """
   n = num_microbatches or 1
   frozen_patterns = tuple(frozen_patterns)
@@ -151,6 +158,18 @@ def make_train_step(model: model_api.BaseModel,
     metrics = dict(metrics)
     metrics['grad_norm'] = grad_norm
     metrics['finite'] = finite.astype(jnp.float32)
+    if subtree_norms:
+      slot_key = getattr(model, 'params_key', None)
+      groups = jax.tree_util.tree_map_with_path(
+          lambda path, _: optimizers.norm_group(
+              optimizers.param_path(path), slot_key), state.params)
+      frozen = jax.tree_util.tree_map(
+          lambda label: label == optimizers.FROZEN,
+          optimizers.frozen_labels(state.params, frozen_patterns))
+      for name, tree in (('grad_norm', grads), ('update_norm', updates),
+                         ('param_norm', state.params)):
+        for g, v in optimizers.group_norms(tree, groups, frozen).items():
+          metrics[f'{name}/{g}'] = v
     return new_state, metrics
 
   return step_fn
@@ -518,6 +537,7 @@ def train(*,
           checkpoint_dataset: bool = False,
           num_microbatches: Optional[int] = None,
           log_every: int = 100,
+          subtree_norms: bool = False,
           auto_vocab_size: bool = False,
           tensorboard: bool = True,
           inference_evaluator: Optional[
@@ -537,6 +557,10 @@ def train(*,
   instead of re-running the pipeline over every consumed batch (with another
   number of processes, batch size or seed, or a pipeline TF cannot restore
   into, it falls back to skipping).
+
+  `subtree_norms` logs gradient, update and parameter norms per trained
+  subtree every `log_every` steps (`make_train_step`): e.g.
+  `update_norm/lora` against `param_norm/lora`.
 
   Returns (final step, last summarized train metrics). Raises
   NonFiniteLossError if a step produced NaN/Inf (the last checkpoint written
@@ -605,7 +629,8 @@ def train(*,
 
   step_fn = make_train_step(model, setup.tx, num_microbatches,
                             partitioner.data_sharding(),
-                            frozen_patterns=frozen_patterns)
+                            frozen_patterns=frozen_patterns,
+                            subtree_norms=subtree_norms)
   batch_shardings = {k: partitioner.data_sharding() for k in model_lengths}
   p_train_step = partitioner.partition(
       step_fn,
@@ -742,6 +767,9 @@ def train(*,
     parts = {k: totals[k] / n for k in sorted(totals)
              if k.endswith('_loss') and k not in row and k != 'z_loss'}
     row.update(parts)
+    row.update({k: totals[k] / n for k in sorted(totals)
+                if k.startswith(('grad_norm/', 'update_norm/',
+                                 'param_norm/'))})
     writer.write_scalars(step_now, row, split='train')
     if 'accuracy' in row:
       detail = (f'acc {_fmt(row["accuracy"])} lr {_fmt(row["learning_rate"])} '
@@ -753,6 +781,13 @@ def train(*,
           f'{row["steps_per_sec"]:.2f} steps/s'])
     print(f'[recjax] step {step_now}/{train_steps} loss {_fmt(row["loss"])} '
           f'{detail}', file=sys.stderr)
+    groups = sorted(k[len('update_norm/'):] for k in row
+                    if k.startswith('update_norm/'))
+    if groups:  # train.subtree_norms: what each part's step is, relatively
+      print('[recjax]   update/param norm: ' + '; '.join(
+          f'{g} {row["update_norm/" + g]:.3g}/{row["param_norm/" + g]:.3g} '
+          f'(grad {row["grad_norm/" + g]:.3g})' for g in groups),
+            file=sys.stderr)
     last_summary = row
     window = []
     window_start = time.time()
