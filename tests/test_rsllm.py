@@ -314,6 +314,28 @@ def test_without_id_slots_it_is_the_text_model(prepared, arch):
   assert float(with_slots) != float(want)
 
 
+def test_decoder_target_logits_leave_every_loss_unchanged(prepared):
+  """The trainer binds RSLLM's decoder-only LM to the targets length
+  (logits at the targets only): the LM loss, both InfoNCE losses (which
+  read the hidden states of every position) and the gradients are equal."""
+  _, _, sasrec_dir = prepared
+  model = _model("decoder_only", sasrec_dir)
+  bound = model.for_feature_lengths(LENGTHS, pack=False)
+  assert bound.lm.max_target_tokens == LENGTHS["targets"]
+  assert model.lm.max_target_tokens is None
+  params = _init(model)
+  batch = _batches(model, n=1)[0]
+  grad = lambda m: jax.value_and_grad(
+      lambda p: m.loss_fn(p, batch, None), has_aux=True)(params)
+  (want, wm), wg = grad(model)
+  (got, gm), gg = grad(bound)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for k in wm:
+    np.testing.assert_allclose(gm[k], wm[k], rtol=1e-5, err_msg=k)
+  for a, b in zip(jax.tree_util.tree_leaves(gg), jax.tree_util.tree_leaves(wg)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
 def test_packed_batches_are_refused(prepared):
   _, _, sasrec_dir = prepared
   model = _model("encoder_decoder", sasrec_dir)

@@ -374,7 +374,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, embedded, positions, mask, segments, deterministic=True,
-               decode=False, prefill=False, logits_from=0):
+               decode=False, prefill=False, logits_from=0,
+               logit_positions=None):
     cfg = self.config
     dtype, param_dtype = _dtypes(cfg)
     y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
@@ -389,6 +390,10 @@ class Decoder(nn.Module):
                      param_dtype=param_dtype, name='decoder_norm')(y)
     y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(
         y, deterministic=deterministic)
+    if logit_positions is not None:  # only the positions that are read
+      y = jnp.take_along_axis(
+          y, logit_positions.astype(jnp.int32)[:, :, None], axis=1)
+      y = nn.with_logical_constraint(y, ('batch', 'length', 'embed'))
     if cfg.tie_word_embeddings:
       logits = self.shared_embedding.attend(y)  # HF: no 1/sqrt(d) here
     else:
@@ -424,7 +429,8 @@ class DecoderOnlyTransformer(nn.Module):
                decoder_segment_ids=None, decoder_positions=None,
                decoder_causal_attention=None, *, input_embeddings=None,
                embedding_mask=None, enable_dropout=True, decode=False,
-               prefill=False, max_decode_length=None, logits_from=0):
+               prefill=False, max_decode_length=None, logits_from=0,
+               logit_positions=None):
     """Logits [B, L, vocab] float32; see the module docstring for decoding.
 
     decoder_target_tokens is only the key-padding fallback (T5X API parity);
@@ -433,6 +439,9 @@ class DecoderOnlyTransformer(nn.Module):
     positions >= logits_from, [B, L - logits_from, vocab]: inference reads
     the prompt's last position and the targets, and the logits of a long
     prompt over a large vocabulary would dwarf everything else.
+    `logit_positions` [B, P] int: the logits of those positions of each row
+    only, [B, P, vocab] (training reads the targets alone: the vocabulary
+    projection of every prompt position was the step's largest activation).
     """
     del max_decode_length
     with lora.intercept(self.config.lora, deterministic=not enable_dropout):
@@ -440,11 +449,11 @@ class DecoderOnlyTransformer(nn.Module):
                            decoder_segment_ids, decoder_positions,
                            decoder_causal_attention, input_embeddings,
                            embedding_mask, enable_dropout, decode, prefill,
-                           logits_from)
+                           logits_from, logit_positions)
 
   def _forward(self, tokens, targets, segment_ids, positions, causal_attention,
                input_embeddings, embedding_mask, enable_dropout, decode,
-               prefill, logits_from=0):
+               prefill, logits_from=0, logit_positions=None):
     if tokens.ndim != 2:
       raise ValueError(f'decoder_input_tokens must be [batch, length], got '
                        f'shape {tokens.shape}')
@@ -458,7 +467,8 @@ class DecoderOnlyTransformer(nn.Module):
       positions = positions.astype(jnp.int32)
     return self.decoder(x, positions, mask, segments,
                         deterministic=not enable_dropout, decode=decode,
-                        prefill=prefill, logits_from=int(logits_from))
+                        prefill=prefill, logits_from=int(logits_from),
+                        logit_positions=logit_positions)
 
 
 # ----------------------------------------------------------------------------

@@ -401,6 +401,7 @@ def size_model(model: Any, topology: Topology | str, *,
   if decode and (decode_batch_size or batch_size) % data:
     raise ValueError(f'decode batch {decode_batch_size or batch_size} is not '
                      f'divisible by the data-parallel size {data}')
+  model = model.for_feature_lengths(dict(task_feature_lengths), pack)
   converter = model.feature_converter_cls(pack=pack)
   lengths = converter.get_model_feature_lengths(dict(task_feature_lengths))
   input_shapes = {k: (1, v) for k, v in lengths.items()}

@@ -7,6 +7,7 @@ module computes beyond "logits over the output vocabulary".
 from __future__ import annotations
 
 import abc
+import copy
 from typing import Any, Mapping, Optional, Tuple, Union
 
 import flax.linen as nn
@@ -28,6 +29,9 @@ PyTree = Any
 ADDITIVE_METRICS = ('loss', 'z_loss', 'cross_ent_loss_sum', 'z_loss_sum',
                     'weight_sum',
                     'num_correct', 'num_tokens', 'num_examples')
+# Target tokens a row held beyond `DecoderOnlyModel.max_target_tokens`: left
+# out of its loss, so the trainer stops on any.
+DROPPED_TARGET_TOKENS = 'dropped_target_tokens'
 
 
 class BaseModel(abc.ABC):
@@ -61,6 +65,13 @@ class BaseModel(abc.ABC):
   def eval_fn(self, params: PyTree, batch: Batch) -> Tuple[Array, Metrics]:
     """Loss and metrics without dropout."""
     return self.loss_fn(params, batch, dropout_rng=None)
+
+  def for_feature_lengths(self, task_feature_lengths: Mapping[str, int],
+                          pack: bool) -> 'BaseModel':
+    """This model for batches of these task lengths (the trainer calls it
+    once): a model may bound what it computes by them. Default: itself."""
+    del task_feature_lengths, pack
+    return self
 
 
 class TokenLossModel(BaseModel):
@@ -143,13 +154,28 @@ class TokenLossModel(BaseModel):
                                   embedding_mask=embedding_mask)
     return self.token_loss(logits, batch, normalizer)
 
+  def _logit_index(self, batch) -> Optional[Array]:
+    """[B, P] positions whose logits the loss reads, or None for all; the
+    same for `_compute_logits` and `token_loss`."""
+    del batch
+    return None
+
   def token_loss(self, logits, batch, normalizer):
     """(loss, metrics) of teacher-forced `logits` against the batch's
     targets: `loss_fn` after the forward pass (models adding terms to the
-    LM loss call it with their own forward)."""
+    LM loss call it with their own forward). `logits` are [B, T, V], or
+    [B, P, V] at `_logit_index(batch)`'s positions."""
     logits = logits.astype(jnp.float32)
     targets = batch['decoder_target_tokens']
     weights = self._weights(batch)
+    index = self._logit_index(batch)
+    extra = {}
+    if index is not None:
+      count = jnp.sum(weights > 0, axis=1)
+      extra[DROPPED_TARGET_TOKENS] = jnp.sum(
+          jnp.maximum(count - index.shape[1], 0)).astype(jnp.float32)
+      targets = jnp.take_along_axis(targets, index, axis=1)
+      weights = jnp.take_along_axis(weights, index, axis=1)
     loss, z_loss, weight_sum = losses.compute_weighted_cross_entropy(
         logits, targets, weights, label_smoothing=self.label_smoothing,
         z_loss=self.z_loss, loss_normalizing_factor=normalizer)
@@ -167,6 +193,7 @@ class TokenLossModel(BaseModel):
         'num_correct': jnp.sum(correct * weights),
         'num_tokens': self._num_tokens(batch),
         'num_examples': num_examples,
+        **extra,
     }
     return loss, metrics
 
@@ -238,6 +265,13 @@ class DecoderOnlyModel(TokenLossModel):
   Args: as `TokenLossModel`, plus
     inputs_bidirectional_attention: bidirectional attention over the inputs.
     bos_id: start token id; None = the vocabulary's, -1 = always 0.
+    max_target_tokens: project to the vocabulary only at each row's first
+      `max_target_tokens` loss-weighted positions (the targets), not at every
+      prompt position. Unpacked batches get their targets length from the
+      trainer (`for_feature_lengths`: exact, nothing can be left out); a
+      packed row holds as many targets as its examples do, so for packed
+      training set it here (None = every position) and the trainer stops if
+      a row ever holds more.
   """
 
   feature_converter_cls = seqio.PrefixLMFeatureConverter
@@ -250,13 +284,38 @@ class DecoderOnlyModel(TokenLossModel):
                loss_normalizing_factor: Optional[Union[float, str]] = None,
                label_smoothing: float = 0.0,
                inputs_bidirectional_attention: bool = False,
-               bos_id: Optional[int] = None):
+               bos_id: Optional[int] = None,
+               max_target_tokens: Optional[int] = None):
     super().__init__(module, input_vocabulary, output_vocabulary,
                      z_loss=z_loss,
                      loss_normalizing_factor=loss_normalizing_factor,
                      label_smoothing=label_smoothing)
     self.inputs_bidirectional_attention = inputs_bidirectional_attention
     self._bos_id = bos_id
+    if max_target_tokens is not None and int(max_target_tokens) < 1:
+      raise ValueError(f'DecoderOnlyModel.max_target_tokens must be >= 1 or '
+                       f'None, got {max_target_tokens}.')
+    self.max_target_tokens = (None if max_target_tokens is None
+                              else int(max_target_tokens))
+
+  def for_feature_lengths(self, task_feature_lengths, pack):
+    """Unpacked rows hold one example: at most `targets` target tokens."""
+    if pack or self.max_target_tokens is not None or (
+        'targets' not in task_feature_lengths):
+      return self
+    bound = copy.copy(self)
+    bound.max_target_tokens = int(task_feature_lengths['targets'])
+    return bound
+
+  def _logit_index(self, batch):
+    p = self.max_target_tokens
+    length = batch['decoder_target_tokens'].shape[-1]
+    if p is None or p >= length:
+      return None
+    # Each row's weighted positions first, in order (a stable sort), then
+    # the others: their weight is 0, so padding the bound costs nothing.
+    read = self._weights(batch) > 0
+    return jnp.argsort(~read, axis=1, stable=True)[:, :p].astype(jnp.int32)
 
   @property
   def bos_id(self) -> int:
@@ -306,6 +365,7 @@ class DecoderOnlyModel(TokenLossModel):
         input_embeddings=input_embeddings,
         embedding_mask=embedding_mask,
         enable_dropout=dropout_rng is not None,
+        logit_positions=self._logit_index(batch),
         rngs=rngs, **apply_kwargs)
 
 

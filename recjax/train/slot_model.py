@@ -13,6 +13,7 @@ of the bare LM leave fresh (`SlotModel.split_params`).
 """
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Mapping, Optional, Tuple
 
@@ -209,6 +210,15 @@ class SlotModel(model_api.BaseModel):
                        f'{lm.architecture!r}')
     self.feature_converter_cls = functools.partial(
         _CONVERTERS[lm.architecture], tokens_per_slot=self.tokens_per_slot)
+
+  def for_feature_lengths(self, task_feature_lengths, pack):
+    """The same slot model over its LM bound to these lengths."""
+    lm = self.lm.for_feature_lengths(task_feature_lengths, pack)
+    if lm is self.lm:
+      return self
+    bound = copy.copy(self)
+    bound.lm = lm
+    return bound
 
   # -- the LM's attributes (the trainer and inference read and set these)
   module = property(lambda self: self.lm.module,

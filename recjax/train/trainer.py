@@ -574,6 +574,7 @@ def train(*,
   model = check_vocab_size(model, mixture_or_task_name, auto_vocab_size)
   frozen_patterns = training_frozen_patterns(model, frozen_patterns)
 
+  model = model.for_feature_lengths(task_feature_lengths, pack)
   converter = model.feature_converter_cls(pack=pack)
   model_lengths = converter.get_model_feature_lengths(task_feature_lengths)
   host_bs = partitioner.host_batch_size(batch_size)
@@ -743,6 +744,13 @@ def train(*,
     for (s_i, _), m in zip(window, ms):
       if m['finite'] < 1 and first_bad is None:
         first_bad = (s_i, m)
+      if m.get(model_api.DROPPED_TARGET_TOKENS, 0) > 0:
+        raise ValueError(
+            f'Step {s_i}: packed rows held '
+            f'{int(m[model_api.DROPPED_TARGET_TOKENS])} target tokens beyond '
+            'DecoderOnlyModel.max_target_tokens, which were left out of the '
+            'loss; raise it (--gin.DecoderOnlyModel.max_target_tokens=N) or '
+            'set it to None (every position).')
     if first_bad is not None:
       return
     totals = {k: sum(float(m[k]) for m in ms) for k in ms[0]}

@@ -1,0 +1,182 @@
+"""Decoder-only training with logits at the targets only, against every position.
+
+Question: what does projecting to the vocabulary only at the positions the
+loss reads (`DecoderOnlyModel.max_target_tokens`, bound to the targets
+length for unpacked rows by the trainer) save in step time and in XLA's
+temporary memory, and where does that put the tiny decoder-only step against
+the tiny FLAN-T5's (target: within 1.5x at the quickstart's shape)?
+
+Rows, each the trainer's own jitted, donated train step (`make_train_step`,
+Adafactor, float32, dropout 0) on one fixed batch of random full rows
+(`decoder_train_throughput.make_batch`: inputs then targets, loss on the
+targets), over a mesh of all local devices:
+
+* `quickstart`: `models/decoder_tiny.gin` at the quickstart's lengths and
+  batch (16 rows of 512 input + 16 target tokens) and its vocabulary (2,118
+  SentencePiece pieces + 100 extra ids, rounded up to 2,304), beside
+  `models/flan_t5_tiny.gin` at the same shape and vocabulary.
+* `128k`: decoder_tiny.gin's layers with Llama-3's 128,256-token vocabulary
+  at 2,048 + 32 tokens (batch 2): the vocabulary projection of every prompt
+  position is the largest activation of the step.
+
+Each step is timed as the median of `--steps` steps after a compile and a
+warm-up step; temporaries are `compiled.memory_analysis().temp_size_in_bytes`.
+The quickstart trains packed rows, where the bound is the most targets one
+row holds (set by gin); the unpacked rows here give each row exactly its
+targets, the same count of projected positions as a packed row of the same
+number of targets.
+
+  .venv/bin/python benchmarks/target_logits.py [--steps 5] [--rows quickstart,128k]
+
+The last stdout line is one JSON object: per row `every_position` and
+`targets_only` (step_s, temp_gib), the speedup, and for `quickstart` the
+tiny FLAN-T5's step_s and `decoder_over_t5` (targets only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import decoder_train_throughput as dtt  # noqa: E402
+import train_throughput as tt  # noqa: E402
+from _cli_runs import cpu_model  # noqa: E402
+
+GiB = 2**30
+# name -> (vocab, batch, inputs, targets, compare with tiny FLAN-T5)
+ROWS = {"quickstart": (2304, 16, 512, 16, True),
+        "128k": (128256, 2, 2048, 32, False)}
+
+
+def measure(model, batch: dict, steps: int) -> dict:
+  """The train step's median seconds and XLA temporaries for `batch`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from recjax.train import optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top,g-multiple-import
+  part = partitioning.Partitioner()
+  shapes = {k: v.shape for k, v in batch.items()}
+  rng = jax.random.PRNGKey(0)
+  setup = trainer.setup_state(
+      model, part, lambda _: optimizers.adafactor(optimizers.constant(1e-3)),
+      shapes, rng)
+  state = trainer.init_state(model, setup, part, shapes, rng)
+  step = part.partition(
+      trainer.make_train_step(model, setup.tx, None, part.data_sharding()),
+      in_shardings=(setup.state_shardings,
+                    {k: part.data_sharding() for k in batch},
+                    part.replicated()),
+      out_shardings=(setup.state_shardings, part.replicated()),
+      donate_argnums=(0,))
+  sharded = part.shard_batch(batch)
+  compiled = step.lower(state, sharded, rng).compile()
+  temp = int(compiled.memory_analysis().temp_size_in_bytes)
+  state, m = compiled(state, sharded, rng)  # warm-up
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, m = compiled(state, sharded, rng)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - t0)
+  return {"step_s": round(statistics.median(times), 4),
+          "temp_gib": round(temp / GiB, 4),
+          "loss": round(float(jax.device_get(m["loss"])), 4)}
+
+
+def decoder_row(vocab: int, b: int, li: int, lt: int, steps: int) -> dict:
+  from recjax.models import decoder_only  # pylint: disable=g-import-not-at-top
+  from recjax.train import model_api  # pylint: disable=g-import-not-at-top
+  cfg = tt.gin_config(decoder_only.DecoderOnlyConfig,
+                      "models/decoder_tiny.gin",
+                      ["ACTIVATION_DTYPE = 'float32'", "DROPOUT_RATE = 0.0",
+                       f"VOCAB_SIZE = {vocab}"])
+  batch = dtt.make_batch(vocab, b, li, lt, seed=0)
+  lengths = {"inputs": li, "targets": lt}
+  out = {}
+  for name, bound in (("every_position", False), ("targets_only", True)):
+    model = model_api.DecoderOnlyModel(
+        decoder_only.DecoderOnlyTransformer(cfg))
+    if bound:
+      model = model.for_feature_lengths(lengths, pack=False)
+    out[name] = measure(model, batch, steps)
+    print(f"  decoder {name}: {out[name]}", flush=True)
+  return out
+
+
+def t5_row(vocab: int, b: int, li: int, lt: int, steps: int) -> dict:
+  from recjax.models import t5  # pylint: disable=g-import-not-at-top
+  from recjax.train import model_api  # pylint: disable=g-import-not-at-top
+  cfg = tt.gin_config(t5.T5Config, "models/flan_t5_tiny.gin",
+                      ["ACTIVATION_DTYPE = 'float32'", "DROPOUT_RATE = 0.0",
+                       f"VOCAB_SIZE = {vocab}"])
+  model = model_api.EncoderDecoderModel(t5.Transformer(cfg))
+  out = measure(model, tt.make_batch(vocab, b, li, lt, seed=0), steps)
+  print(f"  tiny FLAN-T5: {out}", flush=True)
+  return out
+
+
+def main(argv=None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--rows", default="quickstart,128k",
+                 help=f"comma-separated, of {list(ROWS)}")
+  p.add_argument("--steps", type=int, default=5,
+                 help="timed steps per measurement (median reported)")
+  args = p.parse_args(argv)
+  names = [r for r in args.rows.split(",") if r]
+  for r in names:
+    if r not in ROWS:
+      p.error(f"--rows: unknown {r!r}; choose from {list(ROWS)}")
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = cpu_model()
+  print(f"target-only logits; host CPU: {cpu}; {jax.device_count()} "
+        f"devices ({jax.devices()[0].platform})", flush=True)
+  results = {}
+  for r in names:
+    vocab, b, li, lt, with_t5 = ROWS[r]
+    print(f"{r}: vocab {vocab}, batch {b}, {li} + {lt} tokens", flush=True)
+    row = decoder_row(vocab, b, li, lt, args.steps)
+    row["speedup"] = round(row["every_position"]["step_s"] /
+                           row["targets_only"]["step_s"], 2)
+    if with_t5:
+      row["flan_t5_tiny"] = t5_row(vocab, b, li, lt, args.steps)
+      row["decoder_over_t5"] = round(row["targets_only"]["step_s"] /
+                                     row["flan_t5_tiny"]["step_s"], 2)
+      row["decoder_over_t5_before"] = round(
+          row["every_position"]["step_s"] / row["flan_t5_tiny"]["step_s"], 2)
+    results[r] = row
+
+  print()
+  print("| shape | logits at | step (s) | XLA temporaries (GiB) | loss |")
+  print("|---|---|---:|---:|---:|")
+  for r, row in results.items():
+    vocab, b, li, lt, _ = ROWS[r]
+    shape = f"{r}: vocab {vocab}, {b} x ({li} + {lt})"
+    for name in ("every_position", "targets_only"):
+      m = row[name]
+      print(f"| {shape} | {name.replace('_', ' ')} | {m['step_s']} | "
+            f"{m['temp_gib']} | {m['loss']} |")
+    if "flan_t5_tiny" in row:
+      m = row["flan_t5_tiny"]
+      print(f"| {shape} | tiny FLAN-T5 (targets) | {m['step_s']} | "
+            f"{m['temp_gib']} | {m['loss']} |")
+  print()
+  for r, row in results.items():
+    line = f"{r}: targets only is {row['speedup']}x faster"
+    if "decoder_over_t5" in row:
+      line += (f"; decoder step / tiny FLAN-T5 step: "
+               f"{row['decoder_over_t5_before']} -> {row['decoder_over_t5']} "
+               "(target <= 1.5)")
+    print(line)
+  out = {"host_cpu": cpu, "devices": jax.device_count(), "rows": results}
+  print(json.dumps(out))
+  return out
+
+
+if __name__ == "__main__":
+  main()
