@@ -122,14 +122,23 @@ def test_scores_equal_the_training_loss(params, bidirectional, bos_id):
     assert float(metrics['weight_sum']) == (targets[r] > 0).sum()
 
 
-def test_score_candidates_equals_score_batch(params):
-  model = _model()
-  inputs = _prompts(2, 6, seed=3)
-  cands = np.zeros((2, len(CATALOGUE), 6), np.int32)
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_score_candidates_equals_score_batch(params, bidirectional):
+  """One prefill per prompt, every candidate continued from its KV cache:
+  the scores of the whole prompt run again per candidate (score_batch, and
+  share_prompt=False), with prompts and candidates of different lengths."""
+  model = _model(bidirectional, bos_id=3)
+  inputs = _prompts(3, 6, seed=3)
+  cands = np.zeros((3, len(CATALOGUE), 6), np.int32)
   for c, item in enumerate(CATALOGUE):
     cands[:, c, :len(item) + 1] = item + [1]
+  assert len({len(item) for item in CATALOGUE}) > 1
   got = np.asarray(_jit(predict.score_candidates, model)(
       params, jnp.asarray(inputs), jnp.asarray(cands)))
+  again = np.asarray(_jit(predict.score_candidates, model,
+                          share_prompt=False)(
+                              params, jnp.asarray(inputs), jnp.asarray(cands)))
+  np.testing.assert_allclose(got, again, atol=1e-5)
   for c in range(len(CATALOGUE)):
     want = _jit(predict.score_batch, model)(params, {
         'encoder_input_tokens': jnp.asarray(inputs),

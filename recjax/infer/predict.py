@@ -292,33 +292,52 @@ def _encoder_decoder_logits(model, params, batch):
 
 def score_candidates(model: Any, params: PyTree, encoder_input_tokens: Array,
                      candidate_targets: Array,
-                     slot_items: Optional[Array] = None) -> Array:
+                     slot_items: Optional[Array] = None, *,
+                     share_prompt: bool = True) -> Array:
   """Log-likelihood [B, C] of C candidate targets per example.
 
-  Encodes each example once and reuses the encoding for all its candidates
-  (ranking candidate lists, or the rating strings "1".."5").
+  Reads each prompt once and scores all its candidates from it (ranking
+  candidate lists, or the rating strings "1".."5"): FLAN-T5 encodes it once
+  and runs the candidates through the decoder; a decoder-only model prefills
+  its KV cache once and continues every candidate from that cache, token by
+  token, one candidate column of the batch at a time (memory: one prompt's
+  cache, whatever the number of candidates).
 
   Args:
-    model: an EncoderDecoderModel.
+    model: an EncoderDecoderModel or DecoderOnlyModel.
     params: model parameters.
     encoder_input_tokens: [B, L].
     candidate_targets: [B, C, T], EOS included, zero padded.
     slot_items: [B, S], the prompts' slotted items (models with item slots).
+    share_prompt: False runs a decoder-only model's whole prompt again with
+      every candidate (the reference the tests and
+      benchmarks/candidate_scoring.py compare with).
   """
   module = model.module
   b, c, t = candidate_targets.shape
   targets = candidate_targets.reshape(b * c, t).astype(jnp.int32)
   if is_decoder_only(model):
-    # The prompt runs once per candidate (no shared prefix cache yet), one
-    # candidate column of the batch at a time, so memory stays that of one
-    # [B, prompt + T] forward whatever the number of candidates.
-    def one_column(column):  # [B, T]
-      logits = _decoder_only_target_logits(model, params,
-                                           encoder_input_tokens, column,
-                                           slot_items)
-      return _token_log_likelihood(logits, column,
-                                   (column > 0).astype(jnp.float32))
     columns = jnp.swapaxes(candidate_targets.astype(jnp.int32), 0, 1)
+    if share_prompt:
+      cache, step, first = _decoder_only_prefill(
+          model, params, encoder_input_tokens, t, slot_items)
+
+      def one_column(column):  # [B, T]: its tokens after the prompt's cache
+        def feed(cache, tok):
+          logits, cache = step(tok[:, None], cache)
+          return cache, logits
+        _, rest = jax.lax.scan(feed, cache, jnp.swapaxes(column[:, :-1], 0, 1))
+        logits = jnp.concatenate([first[:, None], jnp.swapaxes(rest, 0, 1)],
+                                 axis=1)
+        return _token_log_likelihood(logits, column,
+                                     (column > 0).astype(jnp.float32))
+    else:
+      def one_column(column):  # [B, T]: the prompt again, then the column
+        logits = _decoder_only_target_logits(model, params,
+                                             encoder_input_tokens, column,
+                                             slot_items)
+        return _token_log_likelihood(logits, column,
+                                     (column > 0).astype(jnp.float32))
     return jnp.swapaxes(jax.lax.map(one_column, columns), 0, 1)
   encoded, encoder_input_tokens = _encode(model, params, encoder_input_tokens,
                                          slot_items)
