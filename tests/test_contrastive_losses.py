@@ -58,42 +58,42 @@ PID = jnp.asarray([7, 8, 7])
 #   row0 = [1.0, 0.0, 0.6]; row1 = [0.0, 1.0, 0.8]; row2 = [0.6, 0.8, 1.0]
 ROW1 = -1.0 + lse(0.0, 1.0, 0.8)
 HARD = ((-1.0 + lse(1.0, 0.0, 0.6)) + ROW1 + (-1.0 + lse(0.6, 0.8, 1.0))) / 3
-# Soft targets: rows 0 and 2 put 1/2 on columns 0 and 2.
-SOFT_ROW0 = -(0.5 * 1.0 + 0.5 * 0.6) + lse(1.0, 0.0, 0.6)
-SOFT_ROW2 = -(0.5 * 0.6 + 0.5 * 1.0) + lse(0.6, 0.8, 1.0)
-SOFT = (SOFT_ROW0 + ROW1 + SOFT_ROW2) / 3
+# Every item once per softmax: row 0 loses column 2 and row 2 column 0
+# (the same item 7 again), as if each row saw the batch without the
+# duplicate.
+DEDUP_ROW0 = -1.0 + lse(1.0, 0.0)
+DEDUP_ROW2 = -1.0 + lse(0.8, 1.0)
+DEDUP = (DEDUP_ROW0 + ROW1 + DEDUP_ROW2) / 3
 
 
-def test_info_nce_duplicate_positive_ids_soft_targets():
+def test_info_nce_a_duplicate_item_is_neither_positive_nor_negative():
   close(cl.info_nce(A3, P3, 1.0), HARD)
-  close(cl.info_nce(A3, P3, 1.0, positive_ids=PID), SOFT)
-  assert abs(SOFT - HARD) > 1e-3
+  close(cl.info_nce(A3, P3, 1.0, positive_ids=PID), DEDUP)
+  assert abs(DEDUP - HARD) > 1e-3
 
 
 def test_info_nce_anchor_ids_masks_own_item():
   # Anchor 0 is item 8: column 1 (item 8, not row 0's positive) leaves its
-  # softmax. Anchors 1 and 2 (item 9) mask nothing.
+  # softmax, and column 2 (its own positive's item again) too: only its
+  # positive is left (loss 0). Anchors 1 and 2 (item 9) mask nothing.
   aid = jnp.asarray([8, 9, 9])
   got = cl.info_nce(A3, P3, 1.0, anchor_ids=aid, positive_ids=PID)
-  want = (-(0.5 * 1.0 + 0.5 * 0.6) + lse(1.0, 0.6) + ROW1 + SOFT_ROW2) / 3
-  close(got, want)
-  assert abs(want - SOFT) > 1e-3
-  # A same-item column that is also a positive stays a positive.
-  close(cl.info_nce(A3, P3, 1.0, anchor_ids=PID, positive_ids=PID), SOFT)
+  close(got, (0.0 + ROW1 + DEDUP_ROW2) / 3)
+  # anchor_ids == positive_ids (RSLLM's ID-text loss): the duplicates rule.
+  close(cl.info_nce(A3, P3, 1.0, anchor_ids=PID, positive_ids=PID), DEDUP)
   with pytest.raises(ValueError):
     cl.info_nce(A3, P3, 1.0, anchor_ids=aid)
 
 
 def test_info_nce_anchor_ids_symmetric():
   aid = jnp.asarray([8, 9, 9])
-  fwd = (-(0.5 * 1.0 + 0.5 * 0.6) + lse(1.0, 0.6) + ROW1 + SOFT_ROW2) / 3
-  # Positives as rows (columns of the logits):
-  #   p0 = [1.0, 0.0, 0.6] targets {0, 2}; p1 = [0.0, 1.0, 0.8] target 1,
-  #   anchor 0 (item 8 == p1's item) removed;
-  #   p2 = [0.6, 0.8, 1.0] targets {0, 2}.
-  bwd = ((-(0.5 * 1.0 + 0.5 * 0.6) + lse(1.0, 0.0, 0.6))
-         + (-1.0 + lse(1.0, 0.8))
-         + (-(0.5 * 0.6 + 0.5 * 1.0) + lse(0.6, 0.8, 1.0))) / 3
+  fwd = (0.0 + ROW1 + DEDUP_ROW2) / 3
+  # Positives as rows (columns of the logits), under the same pairs:
+  #   p0 = [1.0, 0.0, 0.6] without anchor 2 (item 7 again);
+  #   p1 = [0.0, 1.0, 0.8] without anchor 0 (item 8 == p1's item);
+  #   p2 = [0.6, 0.8, 1.0] without anchor 0 (item 7 again).
+  bwd = ((-1.0 + lse(1.0, 0.0)) + (-1.0 + lse(1.0, 0.8))
+         + (-1.0 + lse(0.8, 1.0))) / 3
   got = cl.info_nce(A3, P3, 1.0, anchor_ids=aid, positive_ids=PID,
                     symmetric=True)
   close(got, (fwd + bwd) / 2)

@@ -231,11 +231,18 @@ def _nce_rows(logits, targets):
   return float(np.mean(-(targets * logp).sum(1)))
 
 
+def _nce_once_per_item(logits, same):
+  """InfoNCE with each row's own column as its target and every other
+  column of the same item left out of its softmax (`same` [B, B] bool)."""
+  eye = np.eye(len(logits), dtype=bool)
+  return _nce_rows(np.where(same & ~eye, -1e9, logits), eye.astype(float))
+
+
 def test_id_text_infonce_equals_the_hand_computed_value(prepared):
   _, _, sasrec_dir = prepared
   model = _model("encoder_decoder", sasrec_dir, temperature=0.5)
   params = _init(model)
-  # items 3, 5, 3 (a duplicate: a positive, never a negative) and padding
+  # items 3, 5, 3 (a duplicate: counted once, never a negative) and padding
   slot_items = jnp.array([[4, 6], [4, 0]], jnp.int32)
   got = float(model.id_text_loss(params, slot_items))
   emb = np.asarray(params["token_embedder"]["embedding"])
@@ -251,9 +258,9 @@ def test_id_text_infonce_equals_the_hand_computed_value(prepared):
     tv.append(emb[t[t > 0]].mean(0))
   tv = np.stack(tv)
   logits = _l2n(idv) @ _l2n(tv).T / 0.5
-  pos = (ids[:, None] == ids[None, :]).astype(float)
-  tgt = pos / pos.sum(1, keepdims=True)
-  want = (_nce_rows(logits, tgt) + _nce_rows(logits.T, tgt)) / 2
+  same = ids[:, None] == ids[None, :]
+  want = (_nce_once_per_item(logits, same) +
+          _nce_once_per_item(logits.T, same)) / 2
   assert got == pytest.approx(want, rel=1e-5)
   assert want > 0
 
@@ -264,7 +271,7 @@ def test_user_item_infonce_equals_the_hand_computed_value(prepared, arch):
   model = _model(arch, sasrec_dir, temperature=0.2)
   params = _init(model)
   batch = _batches(model, n=1, batch=4)[0]
-  # rows 0 and 2 share a target: each is the other's positive
+  # rows 0 and 2 share a target: each leaves the other out of its softmax
   for key in [k for k in batch if k.startswith("decoder_")]:
     batch[key][2] = batch[key][0]
   filled, emb, mask = model._filled_batch(params, batch)
@@ -283,9 +290,9 @@ def test_user_item_infonce_equals_the_hand_computed_value(prepared, arch):
   tgt_tokens = np.where(weights, batch["decoder_target_tokens"], 0)
   target = np.stack([table[t[t > 0]].mean(0) for t in tgt_tokens])
   logits = _l2n(query) @ _l2n(target).T / 0.2
-  same = np.all(tgt_tokens[:, None] == tgt_tokens[None], -1).astype(float)
-  assert same[0, 2] == 1 and same.sum() == 6
-  want = _nce_rows(logits, same / same.sum(1, keepdims=True))
+  same = np.all(tgt_tokens[:, None] == tgt_tokens[None], -1)
+  assert same[0, 2] and same.sum() == 6
+  want = _nce_once_per_item(logits, same)
   assert got == pytest.approx(want, rel=1e-5)
 
 

@@ -91,15 +91,14 @@ def info_nce(anchors: jax.Array,
              symmetric: bool = False) -> jax.Array:
   """In-batch InfoNCE between L2-normalised anchors and positives.
 
-  logits = a @ p.T / temperature; row i's target is column i. With
-  `positive_ids` [B], every column j with positive_ids[j] == positive_ids[i]
-  is a positive too and the target mass is spread uniformly over them, so a
-  duplicated item is not pushed away from itself. With `anchor_ids` [B] as
-  well (e.g. RSLLM's item-ID vs item-text loss, or a user sequence whose last
-  item is the target of another row), columns j != i with positive_ids[j] ==
-  anchor_ids[i] are removed from row i's softmax: an item is not its own
-  negative. A column that is a positive stays a positive (it is never
-  removed).
+  logits = a @ p.T / temperature; row i's target is column i. Every item
+  counts once in every softmax: with `positive_ids` [B], a column j != i
+  holding row i's positive item again (a batch that holds an item twice) is
+  removed from row i's softmax, so the loss is the batch's with the
+  duplicates left out, and an item is never its own negative. With
+  `anchor_ids` [B] as well (e.g. RSLLM's item-ID vs item-text loss, or a
+  user sequence whose last item is the target of another row), columns
+  j != i with positive_ids[j] == anchor_ids[i] are removed too.
 
   Args:
     anchors: [B, D]; normalised here.
@@ -122,19 +121,21 @@ def info_nce(anchors: jax.Array,
   p = _l2_normalize(positives)
   logits = a @ p.T / jnp.asarray(temperature, jnp.float32)
   valid = _valid_mask(valid, b)
-  pos = _positive_mask(b, positive_ids)
+  eye = jnp.eye(b, dtype=bool)
   # keep[i, j]: pair (anchor i, positive j) may appear in a softmax.
   keep = jnp.ones((b, b), bool)
-  if anchor_ids is not None:
-    keep = ~((jnp.asarray(positive_ids)[None, :]
-              == jnp.asarray(anchor_ids)[:, None]) & ~pos)
+  if positive_ids is not None:
+    pid = jnp.asarray(positive_ids)
+    keep &= ~((pid[None, :] == pid[:, None]) & ~eye)
+    if anchor_ids is not None:
+      keep &= ~((pid[None, :] == jnp.asarray(anchor_ids)[:, None]) & ~eye)
   columns = keep & valid[None, :]
-  targets = _soft_targets(pos, columns)
+  targets = _soft_targets(eye, columns)
   loss = _masked_mean(_soft_cross_entropy(logits, targets, columns), valid)
   if symmetric:
-    # Positive j against every anchor i; pos is symmetric.
+    # Positive j against every anchor i, under the same pairs.
     columns_t = keep.T & valid[None, :]
-    targets_t = _soft_targets(pos.T, columns_t)
+    targets_t = _soft_targets(eye, columns_t)
     loss_t = _masked_mean(
         _soft_cross_entropy(logits.T, targets_t, columns_t), valid)
     loss = (loss + loss_t) / 2
