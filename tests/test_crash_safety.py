@@ -371,6 +371,23 @@ def _small_target():
       _small_state(0))
 
 
+def test_restore_latest_returns_the_newest_readable_step(tmp_path):
+  """Every step readable: the newest (by number, not by save order) comes
+  back with its own state and data, and nothing is set aside."""
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  for s in (1, 3, 2):
+    ckpt.save(s, _small_state(s), {'batches_consumed': s})
+  step, state, data = ckpt.restore_latest(_small_target())
+  assert step == 3 and data == {'batches_consumed': 3}
+  np.testing.assert_array_equal(state['params']['w'], np.full(64, 3.0))
+  assert int(state['step']) == 3
+  assert sorted(ckpt.all_steps()) == [1, 2, 3]
+  assert not [p for p in os.listdir(tmp_path / 'checkpoints')
+              if 'corrupt' in p]
+  ckpt.close()
+  _collect()
+
+
 def test_every_step_unreadable_raises_naming_the_newest(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path))
   for s in (1, 2):

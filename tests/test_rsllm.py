@@ -160,6 +160,26 @@ def test_user_slot_is_sasrecs_state_after_the_history(prepared):
                                method="project"), rtol=1e-6, atol=1e-8)
 
 
+def test_user_slot_reads_the_last_max_len_items(prepared):
+  """A history longer than SASRec's max_len: the user slot is SASRec's state
+  over the last max_len items (as SASRec reads a sequence), not the first."""
+  _, _, sasrec_dir = prepared
+  config, values = baselines_cli.load_model(sasrec_dir)
+  rc = SASRecConfig(**config)
+  proj = hybrid.HybridProjector(
+      hybrid.HybridProjectorConfig(lm_emb_dim=WIDTH, tokens_per_slot=K), rc,
+      recommender_values=lambda: values)
+  history = list(range(3, 3 + rc.max_len + 3))  # 3 more than max_len
+  rows = jnp.array([history + [slots.USER_SLOT_ITEM, 0]], jnp.int32)
+  params = nn.unbox(proj.init(jax.random.PRNGKey(0), rows)["params"])
+  got = proj.apply({"params": params}, rows, method="user_vectors")[0]
+  encode = lambda items: SASRec(rc).apply(
+      {"params": values}, jnp.array([items]), jnp.array([len(items)]),
+      method=SASRec.encode)[0]
+  np.testing.assert_allclose(got, encode(history[-rc.max_len:]), rtol=1e-6)
+  assert np.abs(got - encode(history[:rc.max_len])).max() > 1e-3
+
+
 def test_sasrec_of_another_catalogue_is_refused(prepared, tmp_path):
   d, data, _ = prepared
   other = tiny_data(n_items=81)
