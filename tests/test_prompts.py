@@ -144,10 +144,35 @@ def test_train_never_sees_held_out_items(data):
     if len(seq) < 3:
       continue
     held = {f"item_{seq[-1]}", f"item_{seq[-2]}"}
-    for task in ("retrieval", "ranking", "rating", "bpr", "mim"):
+    for task in ("retrieval", "ranking", "rating", "bpr", "mim",
+                 "conversation"):
       for ex in run(task, data, "train", cfg, shard=(u, data.num_users)):
         seen = set(ID_RE.findall(ex["inputs"] + " " + ex["targets"]))
         assert not seen & held, (task, u)
+
+
+def test_item_text_neighbours_come_from_training_sequences_only(data):
+  """ILM's item-text pairs join items adjacent in a training sequence (both
+  directions, as often as they occur); a transition into a held-out item
+  (validation or test) never makes a pair."""
+  from collections import Counter
+  from recjax.prompts import item_text
+  want, held = Counter(), set()
+  for u in range(data.num_users):
+    train = split_lib.train_sequence(data, u).tolist()
+    want.update(zip(train[:-1], train[1:]))
+    want.update(zip(train[1:], train[:-1]))
+    full = data.sequence(u).tolist()
+    held |= {tuple(full[-3:-1]), tuple(full[-2:])} if len(full) >= 3 else set()
+  ptr, nbrs = item_text.neighbours(data)
+  got = Counter((i, int(j)) for i in range(data.num_items)
+                for j in nbrs[ptr[i]:ptr[i + 1]])
+  assert got == want
+  only_held = {p for p in held if p not in want}
+  assert only_held  # the data reaches the case
+  slotted = {tuple(x - 1 for x in ex[slots.SLOT_FEATURE])
+             for ex in item_text.generate(data, "train", CFG)}
+  assert not slotted & only_held
 
 
 def test_rating(data):
