@@ -22,8 +22,9 @@ Everything goes through the `recjax` CLI, as a user runs it:
 4. `recjax eval` of every rung's checkpoint on the test split (retrieval:
    20 constrained beams over the catalogue trie; ranking: the 20 candidates
    by likelihood), per-user metrics from the predictions, standard errors
-   std/sqrt(n). Recipes are compared on the validation loss; the test
-   figures are reported, never tuned on.
+   std/sqrt(n). Recipes are chosen with `--split validation` (the same
+   metrics on the validation users, baselines included) and the validation
+   loss; the test figures are reported, never tuned on.
 
 Budgets are stated in steps and in the measured training seconds to reach
 them (the sum of the trainer's logged step times: compile included, start-up
@@ -35,6 +36,10 @@ Usage:
   .venv/bin/python benchmarks/lm_quality.py --dataset ml100k --steps 300,1000,3000
   .venv/bin/python benchmarks/lm_quality.py --recipes rec_aux,rec_aux_token \\
       --gin "--gin.LEARNING_RATE=0.01"
+  # a recipe variant chosen on validation (its own data: --data_tag)
+  .venv/bin/python benchmarks/lm_quality.py --split validation --tag _lr01 \\
+      --gin=--gin.LEARNING_RATE=0.01 --data_tag _rank5 \\
+      --prepare_flag=--prompt=ranking_prefixes_per_user=5
 Outputs go to --workdir (logs, checkpoints, evals) with lm_quality.png. The
 last stdout line is one JSON object: {dataset: {recipe or baseline: {steps:
 {metric: value, metric_se: se, train_seconds, validation_loss}}}, ...}.
@@ -81,9 +86,9 @@ def binary_se(p: float, n: int) -> float:
   return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
 
 
-def baseline_row(out: pathlib.Path) -> dict:
+def baseline_row(out: pathlib.Path, split: str = "test") -> dict:
   doc = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-  test, ranking = doc["test"], doc.get("ranking", {}).get("test", {})
+  test, ranking = doc[split], doc.get("ranking", {}).get(split, {})
   n = int(test["count"])
   row = {"recall10": test["hit@10"], "ndcg10": test["ndcg@10"],
          "hit1": ranking.get("hit@1", float("nan")), "n": n,
@@ -167,6 +172,16 @@ def main(argv=None) -> int:
   p.add_argument("--tag", default="",
                  help="suffix of the recipes' run names (variants side by "
                  "side in one workdir)")
+  p.add_argument("--prepare_flag", action="append", default=[],
+                 help="extra `recjax prepare` flag of the LM directories "
+                 "(a data variant, e.g. --prepare_flag="
+                 "--prompt=ranking_prefixes_per_user=5); needs --data_tag")
+  p.add_argument("--data_tag", default="",
+                 help="suffix of the prepared directories' names (their "
+                 "tasks' names follow)")
+  p.add_argument("--split", default="test", choices=("test", "validation"),
+                 help="the split every row is evaluated on: choose recipes "
+                 "on validation, report test")
   p.add_argument("--sasrec_epochs", type=int, default=10)
   p.add_argument("--bpr_epochs", type=int, default=0,
                  help="0 = BPR-MF's own default (early stopping)")
@@ -185,6 +200,9 @@ def main(argv=None) -> int:
   for r in recipes:
     if r not in RECIPES:
       p.error(f"--recipes: unknown {r!r}; choose from {sorted(RECIPES)}")
+  if args.prepare_flag and not args.data_tag:
+    p.error("--prepare_flag: give --data_tag too (the variant's directory "
+            "names must differ from the default data's)")
   ladder = sorted({int(s) for s in args.steps.split(",")})
   if not ladder or ladder[0] <= 0:
     p.error("--steps: positive step counts, e.g. 200,600,2000")
@@ -194,12 +212,14 @@ def main(argv=None) -> int:
   data_root = work / "data"
   name = args.dataset
   formats = sorted({"title_id"} | {RECIPES[r][1] for r in recipes})
-  dirs = {f: data_root / (name if f == "title_id" else f"{name}_{f}")
-          for f in formats}
-  runs = {r: work / f"train_{r}{args.tag}" for r in recipes}
+  dirs = {f: data_root / ((name if f == "title_id" else f"{name}_{f}") +
+                          args.data_tag) for f in formats}
+  ev_suffix = "" if args.split == "test" else f"_{args.split}"
+  name_of = {r: f"{r}{args.data_tag}{args.tag}" for r in recipes}
+  runs = {r: work / f"train_{name_of[r]}" for r in recipes}
   outputs = [work / "logs", *dirs.values(), *runs.values(),
              *(work / f"baseline_{b}" for b in BASELINES)]
-  outputs += [work / f"eval_{r}{args.tag}_{s}" for r in recipes
+  outputs += [work / f"eval_{name_of[r]}_{s}{ev_suffix}" for r in recipes
               for s in ladder]
   if args.dataset == "ml100k":
     data_dir = pathlib.Path(args.data).resolve()
@@ -219,13 +239,12 @@ def main(argv=None) -> int:
     # 1. prepare: one directory per item format, the same split and seed;
     #    the token formats reuse nothing (each trains its own vocabulary).
     for fmt, d in dirs.items():
-      run(f"prepare_{fmt}", ["prepare", *source, f"--name={d.name}",
-                             f"--output={d}", "--overwrite",
-                             "--max_history=10", "--num_negatives=19",
-                             "--prompt=mim_examples_per_user=10",
-                             "--prompt=bpr_pairs_per_user=10",
-                             f"--item_format={fmt}"],
-          d / "tasks" / "manifest.json")
+      run(f"prepare_{fmt}{args.data_tag}", [
+          "prepare", *source, f"--name={d.name}", f"--output={d}",
+          "--overwrite", "--max_history=10", "--num_negatives=19",
+          "--prompt=mim_examples_per_user=10",
+          "--prompt=bpr_pairs_per_user=10", f"--item_format={fmt}",
+          *args.prepare_flag], d / "tasks" / "manifest.json")
     # 2. baselines, on the title_id directory
     for b in BASELINES:
       out = work / f"baseline_{b}"
@@ -239,7 +258,7 @@ def main(argv=None) -> int:
     for r in recipes:
       gin, fmt, mix, _ = RECIPES[r]
       out = runs[r]
-      run(f"train_{r}{args.tag}", [
+      run(f"train_{name_of[r]}", [
           "train", f"--gin_file={gin}", "--gin_file=runs/quickstart.gin",
           f"--gin.MIXTURE_OR_TASK_NAME='{dirs[fmt].name}_{mix}'",
           f"--gin.MODEL_DIR='{out}'", f"--gin.TRAIN_STEPS={ladder[-1]}",
@@ -252,7 +271,7 @@ def main(argv=None) -> int:
           "commit_success.txt")
       # 4. evaluate every rung on the test split
       for s in ladder:
-        ev = work / f"eval_{r}{args.tag}_{s}"
+        ev = work / f"eval_{name_of[r]}_{s}{ev_suffix}"
         a = ["eval", f"--gin_file={gin}", "--gin_file=runs/eval.gin",
              "--gin.ACTIVATION_DTYPE='float32'",
              "--gin.evaluate.auto_vocab_size=True",
@@ -262,7 +281,8 @@ def main(argv=None) -> int:
              f"--gin.EVAL_OUTPUT_DIR='{ev}'"]
         if args.num_examples:
           a.append(f"--gin.NUM_EXAMPLES={args.num_examples}")
-        run(f"eval_{r}{args.tag}_{s}", a, ev / "metrics.json", s)
+        a.append(f"--gin.EVAL_SPLIT='{args.split}'")
+        run(f"eval_{name_of[r]}_{s}{ev_suffix}", a, ev / "metrics.json", s)
   except StageError as e:
     print(str(e), flush=True)
     print(json.dumps({"error": str(e).splitlines()[0],
@@ -273,15 +293,17 @@ def main(argv=None) -> int:
   labels = {"pop": "Pop", "bpr": "BPR-MF",
             "sasrec": f"SASRec ({args.sasrec_epochs} epochs at most)"}
   for b in BASELINES:
-    results[b] = {"all": baseline_row(work / f"baseline_{b}")}
+    results[b] = {"all": baseline_row(work / f"baseline_{b}", args.split)}
   for r in recipes:
     gin, fmt, _, label = RECIPES[r]
-    key = f"{r}{args.tag}"
-    labels[key] = label + (f" {args.tag}" if args.tag else "")
+    key = name_of[r]
+    labels[key] = label + (f" {args.data_tag}{args.tag}"
+                           if args.data_tag or args.tag else "")
     seconds, val = train_seconds(runs[r]), validation_losses(runs[r])
     results[key] = {}
     for s in ladder:
-      users = per_user(work / f"eval_{r}{args.tag}_{s}", dirs[fmt].name)
+      users = per_user(work / f"eval_{key}_{s}{ev_suffix}",
+                       dirs[fmt].name)
       row = {"n": int(len(users["recall10"])),
              "train_seconds": nearest(seconds, s),
              "validation_loss": nearest(val, s)}
@@ -291,7 +313,7 @@ def main(argv=None) -> int:
       results[key][s] = row
 
   print()
-  print(f"{name} test split; retrieval: 20 constrained beams over the "
+  print(f"{name} {args.split} split; retrieval: 20 constrained beams over the "
         "catalogue (baselines: full ranking, seen items masked); ranking: "
         "the prompts' 20 candidates; mean +- standard error; training "
         f"seconds measured on {cpu}")
