@@ -8,4 +8,14 @@ cd "$(dirname "$0")/.."
 source launch/_venv.sh
 ensure_venv test,tpu_aot,beam
 export TF_CPP_MIN_LOG_LEVEL=3
-exec "$VENV/bin/python" -m pytest "${@:-tests}"
+# Test files run in parallel worker processes (pytest-xdist; a file's tests
+# stay in one worker, which builds its module fixtures once): one per CPU, at
+# most 4 (each worker holds JAX and TensorFlow). RECJAX_TEST_WORKERS=N sets
+# the count; 0 runs everything in this process.
+WORKERS="${RECJAX_TEST_WORKERS:-$(n=$(nproc); echo $(( n < 4 ? n : 4 )))}"
+PARALLEL=()
+if [[ "$WORKERS" != 0 ]]; then
+  PARALLEL=(-n "$WORKERS" --dist loadfile)
+fi
+if [[ $# -eq 0 ]]; then set -- tests; fi
+exec "$VENV/bin/python" -m pytest "${PARALLEL[@]}" "$@"
