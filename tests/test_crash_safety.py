@@ -388,6 +388,68 @@ def test_restore_latest_returns_the_newest_readable_step(tmp_path):
   _collect()
 
 
+class _FailingRestore:
+  """Makes the manager's restore of `step` raise `error` `times` times."""
+
+  def __init__(self, ckpt, step, error, times):
+    self.real, self.step, self.error, self.left = (ckpt.manager.restore, step,
+                                                   error, times)
+    self.calls = 0
+    ckpt.manager.restore = self
+
+  def __call__(self, step, *args, **kwargs):
+    if step == self.step:
+      self.calls += 1
+      if self.left:
+        self.left -= 1
+        raise self.error
+    return self.real(step, *args, **kwargs)
+
+
+@pytest.mark.parametrize('error', [
+    OSError(errno.EIO, 'Input/output error'), MemoryError(),
+    TimeoutError('read timed out'), RuntimeError('something else')],
+                         ids=['eio', 'memory', 'timeout', 'unknown'])
+def test_a_failure_that_is_not_damage_moves_nothing(tmp_path, monkeypatch,
+                                                    error):
+  """Errors that do not show the newest step is damaged are retried; if
+  they pass, the newest step is restored; if not, they are raised with
+  every step left where it is (never a silent rollback to an older step)."""
+  monkeypatch.setattr(checkpointing.time, 'sleep', lambda s: None)
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  for s in (1, 2):
+    ckpt.save(s, _small_state(s), {'batches_consumed': s})
+  assert not checkpointing.is_unreadable(error)
+  flaky = _FailingRestore(ckpt, 2, error, times=2)
+  step, state, _ = ckpt.restore_latest(_small_target())
+  assert step == 2 and flaky.calls == 3
+  np.testing.assert_array_equal(state['params']['w'], np.full(64, 2.0))
+  broken = _FailingRestore(ckpt, 2, error, times=99)
+  with pytest.raises(checkpointing.CheckpointReadError,
+                     match=r'step 2 .* after 3 tries: .*left in place'):
+    ckpt.restore_latest(_small_target())
+  assert broken.calls == 3
+  assert sorted(ckpt.all_steps()) == [1, 2]
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2']
+  ckpt.close()
+  _collect()
+
+
+def test_damage_is_told_from_failures():
+  import json
+  damaged = [json.JSONDecodeError('Expecting value', 'x', 0),
+             FileNotFoundError(2, 'No such file', 'metadata'),
+             ValueError('Requested shape: (16, 4) is not compatible with the '
+                        'stored shape: (16, 8).'),
+             ValueError('NOT_FOUND: Error opening "zarr" driver')]
+  assert all(checkpointing.is_unreadable(e) for e in damaged)
+  wrapped = RuntimeError('restore failed')
+  wrapped.__cause__ = OSError(errno.ETIMEDOUT, 'Connection timed out')
+  assert not checkpointing.is_unreadable(wrapped)
+  assert not checkpointing.is_unreadable(
+      ValueError('UNAVAILABLE: DATA_LOSS? retry later'))
+
+
 def test_every_step_unreadable_raises_naming_the_newest(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path))
   for s in (1, 2):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import logging as std_logging
 import os
 import pathlib
@@ -27,6 +28,7 @@ import time
 from typing import Any, Mapping, Optional, Tuple
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
@@ -43,6 +45,53 @@ class CorruptCheckpointError(ValueError):
 
 class CheckpointSaveError(RuntimeError):
   """Saving a step failed (e.g. no space left); earlier steps are intact."""
+
+
+class CheckpointReadError(RuntimeError):
+  """Reading a step failed for a reason that says nothing about the step
+  (an I/O timeout, no memory left): retried, then raised; never set aside."""
+
+
+# What a step that cannot be a checkpoint reads as: a missing or garbled
+# file (JSON, msgpack, TensorStore's chunks), arrays of another shape.
+_UNREADABLE_TYPES = (json.JSONDecodeError, UnicodeDecodeError,
+                     FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                     KeyError, EOFError)
+_UNREADABLE_TEXT = ('NOT_FOUND', 'DATA_LOSS', 'INVALID_ARGUMENT',
+                    'FAILED_PRECONDITION', 'OUT_OF_RANGE', 'not compatible with '
+                    'the stored shape', 'Expecting value', 'Unexpected end',
+                    'Error decoding', 'Error parsing', 'No such file',
+                    'does not exist', 'corrupt', 'truncated', 'Invalid')
+# What a healthy step can fail with for a while: the storage or the host.
+_TRANSIENT_TYPES = (MemoryError, TimeoutError, ConnectionError,
+                    InterruptedError, BlockingIOError)
+_TRANSIENT_ERRNOS = (errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.ENOMEM,
+                     errno.ECONNRESET, errno.EINTR, errno.ENOSPC)
+_TRANSIENT_TEXT = ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED',
+                   'ABORTED', 'Out of memory', 'out of memory', 'timed out',
+                   'Timeout')
+
+
+def _causes(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def is_unreadable(e: BaseException) -> bool:
+  """Whether `e` shows the step itself is not a checkpoint (set it aside)
+  rather than a failure of the storage or the host (retry; move nothing).
+  An error matching neither is not taken as proof: it is raised."""
+  chain = list(_causes(e))
+  for c in chain:
+    if isinstance(c, _TRANSIENT_TYPES) or (
+        isinstance(c, OSError) and c.errno in _TRANSIENT_ERRNOS) or any(
+            t in str(c) for t in _TRANSIENT_TEXT):
+      return False
+  return any(isinstance(c, _UNREADABLE_TYPES) or
+             any(t in str(c) for t in _UNREADABLE_TEXT) for c in chain)
 
 
 def _reason(e: BaseException) -> str:
@@ -150,24 +199,44 @@ class Checkpointer:
       logging.info('Saved checkpoint for step %d to %s', step, self.directory)
     return saved
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None
+  def restore(self, abstract_state: Any, step: Optional[int] = None,
+              retries: int = 2, retry_wait_s: float = 1.0
              ) -> Tuple[Any, Mapping[str, Any]]:
     """Restores (state, data) at `step` (default latest) onto the shardings
-    carried by `abstract_state` (a tree of jax.ShapeDtypeStruct)."""
+    carried by `abstract_state` (a tree of jax.ShapeDtypeStruct).
+
+    Raises CorruptCheckpointError when the step itself cannot be a
+    checkpoint (`is_unreadable`: missing or garbled files, arrays of another
+    shape). Any other failure (an I/O timeout, no memory left) is retried
+    `retries` times, `retry_wait_s` apart (doubling), then raised as
+    CheckpointReadError.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}')
-    try:
-      out = self.manager.restore(
-          step,
-          args=ocp.args.Composite(**{
-              STATE: ocp.args.StandardRestore(abstract_state),
-              DATA: ocp.args.JsonRestore(),
-          }))
-    except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(
-          f'checkpoint step {step} ({self.step_dir(step)}) cannot be read: '
-          f'{_reason(e)}') from e
+    for attempt in range(retries + 1):
+      try:
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(**{
+                STATE: ocp.args.StandardRestore(abstract_state),
+                DATA: ocp.args.JsonRestore(),
+            }))
+        break
+      except Exception as e:  # pylint: disable=broad-except
+        where = f'checkpoint step {step} ({self.step_dir(step)})'
+        if is_unreadable(e):
+          raise CorruptCheckpointError(
+              f'{where} cannot be read: {_reason(e)}') from e
+        if attempt == retries:
+          raise CheckpointReadError(
+              f'{where} could not be read after {retries + 1} tries: '
+              f'{_reason(e)}; it was left in place (the error does not show '
+              'the step is damaged): retry when the storage or memory '
+              'allows.') from e
+        logging.warning('%s: %s; retrying in %.0fs', where, _reason(e),
+                        retry_wait_s * 2**attempt)
+        time.sleep(retry_wait_s * 2**attempt)
     missing = _missing_leaves(out[STATE], abstract_state)
     if missing:
       raise CorruptCheckpointError(
@@ -182,11 +251,14 @@ class Checkpointer:
                     ) -> Tuple[int, Any, Mapping[str, Any]]:
     """(step, state, data) of the newest step that can be read.
 
-    Unreadable newer steps are logged and, once an older one has been
-    restored, set aside as `<step>.corrupt-<time>` (so training can save
-    those steps again). If none of the newest `max_tries` can be read (or
-    the state does not fit `abstract_state`, which fails every step alike)
-    nothing is moved and the newest step's error is raised.
+    Unreadable newer steps (CorruptCheckpointError: the step itself is
+    damaged) are logged and, once an older one has been restored, set aside
+    as `<step>.corrupt-<time>` (so training can save those steps again). If
+    none of the newest `max_tries` can be read (or the state does not fit
+    `abstract_state`, which fails every step alike) nothing is moved and the
+    newest step's error is raised. A failure that does not show the step is
+    damaged (CheckpointReadError, after `restore`'s retries) is raised at
+    once: nothing is moved and no older step is taken instead.
     """
     steps = sorted(self.all_steps(), reverse=True)
     if not steps:
@@ -212,9 +284,11 @@ class Checkpointer:
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:
-      src = self.step_dir(step)
-      dst = f'{src}.corrupt-{int(time.time())}'
-      os.rename(src, dst)
+      # etils' epath, as orbax writes: local disks and the object stores
+      # orbax supports alike.
+      src = epath.Path(self.step_dir(step))
+      dst = src.parent / f'{src.name}.corrupt-{int(time.time())}'
+      src.rename(dst)
       logging.warning('Moved unreadable checkpoint %s to %s', src, dst)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'recjax_set_aside_{step}')
