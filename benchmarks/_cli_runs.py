@@ -155,3 +155,13 @@ def paired_diff(a: dict, b: dict, metric: str, key: str = "targets") -> dict:
                      np.asarray(b[metric], np.float64))
   return {"diff": round(mean, 4), "se": round(se, 4),
           "z": round(mean / se, 2) if se and se > 0 else None}
+
+
+def pick_rows(parser, value: str, table: dict) -> list[str]:
+  """The comma-separated row names of `--rows`, each checked against
+  `table` (a parser error naming the unknown one)."""
+  names = [r for r in value.split(",") if r]
+  for r in names:
+    if r not in table:
+      parser.error(f"--rows: unknown {r!r}; choose from {list(table)}")
+  return names

@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import train_throughput as tt  # noqa: E402
-from _cli_runs import cpu_model  # noqa: E402
+from _cli_runs import cpu_model, pick_rows  # noqa: E402
 
 # name -> (vocab, batch, prompt length, candidates, candidate length)
 ROWS = {"quickstart": (2304, 32, 512, 20, 4),
@@ -104,10 +104,7 @@ def main(argv=None) -> dict:
                  help=f"comma-separated, of {list(ROWS)}")
   p.add_argument("--repeats", type=int, default=3)
   args = p.parse_args(argv)
-  names = [r for r in args.rows.split(",") if r]
-  for r in names:
-    if r not in ROWS:
-      p.error(f"--rows: unknown {r!r}; choose from {list(ROWS)}")
+  names = pick_rows(p, args.rows, ROWS)
   import jax  # pylint: disable=g-import-not-at-top
   cpu = cpu_model()
   print(f"candidate scoring, tiny decoder-only; host CPU: {cpu}; "

@@ -47,7 +47,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import decoder_train_throughput as dtt  # noqa: E402
 import train_throughput as tt  # noqa: E402
-from _cli_runs import cpu_model  # noqa: E402
+from _cli_runs import cpu_model, pick_rows  # noqa: E402
 
 GiB = 2**30
 # name -> (vocab, batch, inputs, targets, compare with tiny FLAN-T5)
@@ -128,10 +128,7 @@ def main(argv=None) -> dict:
   p.add_argument("--steps", type=int, default=5,
                  help="timed steps per measurement (median reported)")
   args = p.parse_args(argv)
-  names = [r for r in args.rows.split(",") if r]
-  for r in names:
-    if r not in ROWS:
-      p.error(f"--rows: unknown {r!r}; choose from {list(ROWS)}")
+  names = pick_rows(p, args.rows, ROWS)
   import jax  # pylint: disable=g-import-not-at-top
   cpu = cpu_model()
   print(f"target-only logits; host CPU: {cpu}; {jax.device_count()} "

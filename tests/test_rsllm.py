@@ -129,13 +129,18 @@ def test_prepared_records_carry_the_user_slot(prepared):
 
 
 # -------------------------------------------------------------- projector
-def test_user_slot_is_sasrecs_state_after_the_history(prepared):
-  _, _, sasrec_dir = prepared
+def _projector(sasrec_dir):
+  """(SASRec's config, its saved values, a projector over them)."""
   config, values = baselines_cli.load_model(sasrec_dir)
   rc = SASRecConfig(**config)
-  proj = hybrid.HybridProjector(
+  return rc, values, hybrid.HybridProjector(
       hybrid.HybridProjectorConfig(lm_emb_dim=WIDTH, tokens_per_slot=K), rc,
       recommender_values=lambda: values)
+
+
+def test_user_slot_is_sasrecs_state_after_the_history(prepared):
+  _, _, sasrec_dir = prepared
+  rc, values, proj = _projector(sasrec_dir)
   u = slots.USER_SLOT_ITEM
   rows = jnp.array([[4, 9, 2, u, 30, 31], [u, 7, 0, 0, 0, 0]], jnp.int32)
   params = nn.unbox(proj.init(jax.random.PRNGKey(0), rows)["params"])
@@ -164,11 +169,7 @@ def test_user_slot_reads_the_last_max_len_items(prepared):
   """A history longer than SASRec's max_len: the user slot is SASRec's state
   over the last max_len items (as SASRec reads a sequence), not the first."""
   _, _, sasrec_dir = prepared
-  config, values = baselines_cli.load_model(sasrec_dir)
-  rc = SASRecConfig(**config)
-  proj = hybrid.HybridProjector(
-      hybrid.HybridProjectorConfig(lm_emb_dim=WIDTH, tokens_per_slot=K), rc,
-      recommender_values=lambda: values)
+  rc, values, proj = _projector(sasrec_dir)
   history = list(range(3, 3 + rc.max_len + 3))  # 3 more than max_len
   rows = jnp.array([history + [slots.USER_SLOT_ITEM, 0]], jnp.int32)
   params = nn.unbox(proj.init(jax.random.PRNGKey(0), rows)["params"])
