@@ -1,4 +1,4 @@
-"""The one slot mechanism shared by ILM and RSLLM (see DESIGN.md).
+"""The one slot mechanism shared by ILM and RSLLM.
 
 A prompt marks each item mention that gets embeddings with `SLOT_MARKER`; the
 record carries the catalogue indices of the slotted items, in text order, as
