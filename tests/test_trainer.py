@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,3 +205,36 @@ def test_vocab_size_check():
   fixed = trainer.check_vocab_size(small, name, auto_vocab_size=True)
   assert fixed.module.config.vocab_size == 384
   assert fixed.output_vocabulary.vocab_size == 259
+
+
+def test_eval_hosts_agree_on_the_number_of_batches(monkeypatch):
+  """Two hosts with uneven validation shards (3 and 5 batches): both make 5
+  eval steps, the short one feeding zero batches, which add nothing to the
+  metrics; with one host the iterator is unchanged."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  lengths = seqio.EncDecFeatureConverter(pack=True).get_model_feature_lengths(
+      LENGTHS)
+  real = test_utils.tiny_task_batches(LENGTHS, 4, 3)
+  assert list(trainer.agreed_eval_batches(iter(real), lengths, 4)) == real
+  other_left = [5]  # the other host's batches
+
+  def allgather(flag):
+    other = other_left[0] > 0
+    other_left[0] -= 1
+    return np.asarray([int(flag), int(other)])
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'process_allgather', allgather)
+  got = list(trainer.agreed_eval_batches(iter(real), lengths, 4))
+  assert len(got) == 5 and got[:3] == real
+  for pad in got[3:]:
+    assert set(pad) == set(lengths)
+    assert all(v.shape == (4, lengths[k]) and not v.any()
+               for k, v in pad.items())
+  model = test_utils.tiny_model()
+  params = flax.linen.unbox(model.get_initial_variables(
+      jax.random.PRNGKey(0), {k: v.shape for k, v in real[0].items()}
+  )['params'])
+  _, m = model.eval_fn(params, got[3])
+  for k in ('cross_ent_loss_sum', 'weight_sum', 'num_tokens', 'num_correct'):
+    assert float(m[k]) == 0, k

@@ -175,6 +175,31 @@ def make_train_step(model: model_api.BaseModel,
   return step_fn
 
 
+def agreed_eval_batches(it: Iterator[Mapping[str, np.ndarray]],
+                        model_lengths: Mapping[str, int], host_batch_size: int
+                        ) -> Iterator[Mapping[str, np.ndarray]]:
+  """This host's evaluation batches, for as many steps as the host with the
+  most: every eval step is a collective, and hosts whose shards hold fewer
+  batches (uneven validation files) would otherwise make fewer calls than
+  the others and hang them. A host that has run out feeds all-zero batches
+  (no loss weight, no tokens: they add nothing to the metrics) until no
+  host has data left. One host: `it` unchanged."""
+  if jax.process_count() == 1:
+    yield from it
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  while True:
+    batch = next(it, None)
+    anyone = multihost_utils.process_allgather(
+        np.asarray(batch is not None, np.int32))
+    if not np.any(anyone):
+      return
+    if batch is None:
+      batch = {k: np.zeros((host_batch_size, n), np.int32)
+               for k, n in model_lengths.items()}
+    yield batch
+
+
 def make_eval_step(model: model_api.BaseModel):
   def eval_step(params, batch):
     _, metrics = model.eval_fn(params, batch)
@@ -711,7 +736,7 @@ def train(*,
           use_cached=use_cached_tasks, shard_info=partitioner.get_shard_info(),
           pad_last=True)
       totals = None
-      for i, b in enumerate(it):
+      for i, b in enumerate(agreed_eval_batches(it, model_lengths, host_bs)):
         if eval_steps and i >= eval_steps:
           break
         m = jax.device_get(p_eval_step(state.params, partitioner.shard_batch(b)))
