@@ -1,6 +1,7 @@
 """SeqIO registration of exported task files: datasets, batches, mixtures, vocab."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -235,10 +236,10 @@ def test_parallel_sharded_export_equals_serial(tmp_path):
 _WRITE_UNIT = export._run
 
 
-def _run_killing_its_worker_once(unit):
+def _run_killing_its_worker_once(marker, unit):
   """export._run, except that the first worker to write retrieval/train
   kills itself (SIGKILL, as the OOM killer would) before writing."""
-  marker = pathlib.Path(os.environ["RECJAX_TEST_KILL_MARKER"])
+  marker = pathlib.Path(marker)
   if unit[:2] == ("retrieval", "train") and not marker.exists():
     marker.write_text(str(os.getpid()))
     os.kill(os.getpid(), signal.SIGKILL)
@@ -251,13 +252,13 @@ def test_parallel_export_survives_a_dead_worker(tmp_path, monkeypatch,
   its task) costs a rewrite of the unfinished shards, not the run."""
   serial = _export(tmp_path, "serial", 2, 1)
   marker = tmp_path / "killed"
-  monkeypatch.setenv("RECJAX_TEST_KILL_MARKER", str(marker))
-  monkeypatch.setattr(export, "_run", _run_killing_its_worker_once)
+  monkeypatch.setattr(export, "_run", functools.partial(
+      _run_killing_its_worker_once, str(marker)))
 
   def hung(signum, frame):
     raise TimeoutError("write_task_files hung after its worker died")
   previous = signal.signal(signal.SIGALRM, hung)
-  signal.alarm(120)  # fork children do not inherit it
+  signal.alarm(120)  # the workers do not inherit it
   try:
     parallel = _export(tmp_path, "parallel", 2, 2)
   finally:

@@ -18,8 +18,8 @@ bytes list `candidates`, int64 `template_id` and float `rating` (NaN if none).
 
 Records are serialized by hand (the tf.train.Example wire format is five
 nested length-delimited messages), which is several times faster than building
-protos, and the work is split into (task, split, shard) units run by a fork
-pool. Shards hold every `num_shards`-th user (or item); because every example
+protos, and the work is split into (task, split, shard) units run by a pool
+of worker processes (forked from a fork server, not from the caller). Shards hold every `num_shards`-th user (or item); because every example
 draws from its own (seed, task, split, unit) generator, the union of the shards
 does not depend on the shard count or on the number of processes.
 """
@@ -178,7 +178,17 @@ def serialize_example(ex: dict[str, Any]) -> bytes:
 
 
 # ---- work units -----------------------------------------------------------------
-_STATE: dict[str, Any] = {}  # set before the pool forks; read by workers
+_STATE: dict[str, Any] = {}  # what a unit reads: set here, and in workers
+
+# Workers start from a fork server that has imported this module and
+# TensorFlow and nothing else (no JAX, no threads): forking the caller, which
+# may have started JAX's or TensorFlow's threads, can deadlock a child.
+_PRELOAD = ["tensorflow", __name__]
+
+
+def _init_worker(state: dict[str, Any]) -> None:
+  _STATE.clear()
+  _STATE.update(state)
 
 
 def _log(msg: str) -> None:
@@ -331,7 +341,8 @@ def _run(unit):
 
 
 def _run_in_processes(work: Sequence[Any], num_workers: int):
-  """`_run(unit)` for every unit, in completion order, from forked workers.
+  """`_run(unit)` for every unit, in completion order, from worker processes
+  (a fork server's children, given `_STATE` once each).
 
   A worker that dies (a segfault, the OOM killer) breaks the pool; the units
   not yet returned are then written again in this process (a unit rewrites
@@ -340,8 +351,11 @@ def _run_in_processes(work: Sequence[Any], num_workers: int):
   """
   from concurrent import futures  # pylint: disable=g-import-not-at-top
   done = set()
+  context = multiprocessing.get_context("forkserver")
+  context.set_forkserver_preload(_PRELOAD)
   pool = futures.ProcessPoolExecutor(
-      num_workers, mp_context=multiprocessing.get_context("fork"))
+      num_workers, mp_context=context, initializer=_init_worker,
+      initargs=(dict(_STATE),))
   try:
     pending = {pool.submit(_run, unit): k for k, unit in enumerate(work)}
     for future in futures.as_completed(pending):
@@ -549,7 +563,6 @@ def write_task_files(data: PreparedData, directory: pathlib.Path, *,
            ", training vocabulary" if plan.train_vocab else ""))
   try:
     if num_workers > 1:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top,unused-import
       results = list(_report(_run_in_processes(work, num_workers), work))
     else:
       results = list(_report(map(_run, work), work))
