@@ -19,9 +19,10 @@ bytes list `candidates`, int64 `template_id` and float `rating` (NaN if none).
 Records are serialized by hand (the tf.train.Example wire format is five
 nested length-delimited messages), which is several times faster than building
 protos, and the work is split into (task, split, shard) units run by a pool
-of worker processes (forked from a fork server, not from the caller). Shards hold every `num_shards`-th user (or item); because every example
-draws from its own (seed, task, split, unit) generator, the union of the shards
-does not depend on the shard count or on the number of processes.
+of worker processes (children of a fork server, not of the caller). Shards
+hold every `num_shards`-th user (or item); because every example draws from
+its own (seed, task, split, unit) generator, the union of the shards does
+not depend on the shard count or on the number of processes.
 """
 from __future__ import annotations
 
