@@ -4,6 +4,7 @@ and trains from."""
 from __future__ import annotations
 
 import filecmp
+import os
 
 import numpy as np
 import pytest
@@ -171,3 +172,40 @@ def test_shard_view_keeps_global_user_indices_and_rating_scale():
   got = list(TASKS["retrieval"](view, "test", PromptConfig(), 0,
                                 shard=(7, 10)))
   assert [ex["target_item"] for ex in got] == ["i3"]
+
+
+def test_a_worker_reads_and_formats_the_catalogue_once(tmp_path, monkeypatch):
+  """The shards one worker writes share one read of the items and one
+  prompt context (every item's texts); a rewritten items file is read
+  again."""
+  from recjax.prompts import common  # pylint: disable=g-import-not-at-top
+  data = build_prepared("synthetic", None, name=NAME, kcore=3,
+                        options={"num_users": 30, "num_items": 20, "seed": 1})
+  data.write_into(tmp_path)
+  (tmp_path / beam_prepare._COUNTS_DIR).mkdir()  # pylint: disable=protected-access
+  for task in ("retrieval", "ranking"):
+    (tmp_path / "tasks" / task).mkdir(parents=True)
+  calls = {"read": 0, "build": 0}
+  read, build = beam_prepare.read_items, common.Context.build
+
+  def counted_read(d):
+    calls["read"] += 1
+    return read(d)
+
+  def counted_build(d, c):
+    calls["build"] += 1
+    return build(d, c)
+  monkeypatch.setattr(beam_prepare, "read_items", counted_read)
+  monkeypatch.setattr(common.Context, "build", staticmethod(counted_build))
+  plan = beam_prepare._Plan(  # pylint: disable=protected-access
+      directory=str(tmp_path), num_users=data.num_users, num_shards=3,
+      pairs=[("retrieval", "train"), ("ranking", "test")],
+      config=PromptConfig(num_negatives=4), seed=0, has_ratings=False,
+      rating_range=(0.0, 0.0))
+  for shard in range(3):
+    beam_prepare._write_shard(plan, shard)  # pylint: disable=protected-access
+  assert calls == {"read": 1, "build": 1}
+  items = tmp_path / "items.jsonl"
+  os.utime(items, ns=(1, 1))  # a new version of the file
+  beam_prepare._write_shard(plan, 0)  # pylint: disable=protected-access
+  assert calls == {"read": 2, "build": 2}

@@ -175,8 +175,14 @@ class ShardView:
 
   def __init__(self, items: list[dict[str, Any]], num_users: int,
                users: dict[int, tuple[np.ndarray, np.ndarray]],
-               has_ratings: bool, rating_range: tuple[float, float]):
+               has_ratings: bool, rating_range: tuple[float, float],
+               context_key: Any = None):
     self.items = items
+    # What the prompts' per-catalogue context is cached by: one object for
+    # every shard a worker writes of the same catalogue (`_catalogue`), so
+    # the context (every item's mention, title and target text) is built
+    # once per worker, not once per shard.
+    self.context_key = context_key
     self.num_users = int(num_users)
     self.has_ratings = bool(has_ratings)
     self.seq_ratings = np.asarray(rating_range if has_ratings else
@@ -203,9 +209,37 @@ class _Plan:
     self.__dict__.update(kwargs)
 
 
+class _Catalogue:
+  """One worker's copy of a prepared directory's items (weak-referenceable:
+  the prompts' context cache keys on it)."""
+
+  def __init__(self, items: list[dict[str, Any]]):
+    self.items = items
+
+
+_CATALOGUES: dict[tuple, _Catalogue] = {}
+
+
+def _catalogue(plan: _Plan) -> _Catalogue:
+  """The items of `plan.directory`, read once per worker process (per file
+  version and rating scale: another run over a rewritten directory, or
+  another log in the same worker, reads again)."""
+  path = pathlib.Path(plan.directory) / "items.jsonl"
+  stat = path.stat() if path.exists() else None
+  key = (str(path.resolve()), stat and stat.st_mtime_ns, stat and stat.st_size,
+         plan.has_ratings, tuple(plan.rating_range))
+  hit = _CATALOGUES.get(key)
+  if hit is None:
+    _CATALOGUES.clear()  # one catalogue at a time per worker
+    hit = _CATALOGUES[key] = _Catalogue(read_items(pathlib.Path(
+        plan.directory)))
+  return hit
+
+
 def _view(plan: _Plan, users) -> "ShardView":
-  return ShardView(read_items(pathlib.Path(plan.directory)), plan.num_users,
-                   users, plan.has_ratings, plan.rating_range)
+  cat = _catalogue(plan)
+  return ShardView(cat.items, plan.num_users, users, plan.has_ratings,
+                   plan.rating_range, context_key=cat)
 
 
 def _write_shard(plan: _Plan, shard: int) -> None:

@@ -269,22 +269,24 @@ _CACHE_LOCK = threading.Lock()
 
 
 def context(data: PreparedData, config: PromptConfig) -> Context:
-  """Cached `Context.build` (keyed by object identity, checked by weakref)."""
-  key = (id(data), config)
+  """Cached `Context.build`, keyed by the identity of the data's
+  `context_key` (a Beam shard view's catalogue, shared by a worker's shards)
+  or of the data itself, checked by weakref."""
+  owner = getattr(data, "context_key", None) or data
+  key = (id(owner), config)
   with _CACHE_LOCK:
     hit = _CACHE.get(key)
-    if hit is not None and hit[0]() is data:
+    if hit is not None and hit[0]() is owner:
       return hit[1]
   ctx = Context.build(data, config)
   with _CACHE_LOCK:
-    # A context lives as long as its data: a Beam worker builds one per
-    # shard view, and dead views' contexts (a catalogue's strings each)
-    # would otherwise pile up.
+    # A context lives as long as its owner: dead owners' contexts (a
+    # catalogue's strings each) would otherwise pile up.
     for k in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
       del _CACHE[k]
     if len(_CACHE) > 16:
       _CACHE.clear()
-    _CACHE[key] = (weakref.ref(data), ctx)
+    _CACHE[key] = (weakref.ref(owner), ctx)
   return ctx
 
 
