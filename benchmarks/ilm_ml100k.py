@@ -107,6 +107,9 @@ def main(argv=None) -> int:
   p.add_argument("--cf", default="bpr", choices=("bpr", "id"),
                  help="the encoder's collaborative features: a recjax BPR-MF "
                  "baseline's item embeddings (frozen) or a learned ID table")
+  p.add_argument("--lm_lr", type=float, default=0.003,
+                 help="the LM's constant learning rate: 0.003, that of the "
+                 "README's figures (runs/quickstart.gin now trains at 0.01)")
   p.add_argument("--lm_steps", type=int, default=600,
                  help="training steps of the tiny FLAN-T5 (batch 16, packed)")
   p.add_argument("--p1_steps", type=int, default=200,
@@ -220,6 +223,7 @@ def main(argv=None) -> int:
                      f"--gin.MODEL_DIR='{lm_dir}'",
                      f"--gin.TRAIN_STEPS={args.lm_steps}",
                      f"--gin.TASK_FEATURE_LENGTHS={lengths}",
+                     f"--gin.LEARNING_RATE={args.lm_lr}",
                      "--gin.EVAL_PERIOD=0", f"--gin.RANDOM_SEED={args.seed}",
                      "--gin.train.log_every=50"],
         ckpt_done(lm_dir, args.lm_steps))

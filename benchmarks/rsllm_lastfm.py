@@ -401,7 +401,10 @@ def main(argv=None) -> int:
                  help="prepared dataset name; the slots dir is <name>_rsllm")
   p.add_argument("--stage1_steps", type=int, default=800,
                  help="stage 1: text-only tiny FLAN-T5 from scratch "
-                 "(runs/quickstart.gin: batch 16 packed, lr 3e-3)")
+                 "(runs/quickstart.gin: batch 16 packed)")
+  p.add_argument("--stage1_lr", type=float, default=0.003,
+                 help="stage 1's constant learning rate: 0.003, that of the "
+                 "README's figures (runs/quickstart.gin now trains at 0.01)")
   p.add_argument("--stage2_steps", type=int, default=300,
                  help="stage 2 and each ablation (batch 16 unpacked, AdamW "
                  "lr 1e-3)")
@@ -515,6 +518,7 @@ def main(argv=None) -> int:
                      f"--gin.MODEL_DIR='{stage1_dir}'",
                      f"--gin.TRAIN_STEPS={args.stage1_steps}",
                      f"--gin.TASK_FEATURE_LENGTHS={lengths}",
+                     f"--gin.LEARNING_RATE={args.stage1_lr}",
                      *train_common],
           ckpt_done(stage1_dir, args.stage1_steps))
 
