@@ -20,7 +20,7 @@ from recjax.train import trainer
 LENGTHS = {'inputs': 48, 'targets': 32}
 CFG = decoder_only.DecoderOnlyConfig(
     vocab_size=384, emb_dim=16, num_heads=2, num_kv_heads=1, head_dim=8,
-    num_layers=2, mlp_dim=32, dtype='float32')
+    num_layers=1, mlp_dim=32, dtype='float32')
 
 
 def _model(**kwargs):
