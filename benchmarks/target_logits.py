@@ -43,7 +43,6 @@ import json
 import pathlib
 import statistics
 import sys
-import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -61,37 +60,19 @@ ROWS = {"quickstart": (2304, 16, 512, 16, 96, True),
 
 
 def measure(model, batch: dict, steps: int) -> dict:
-  """The train step's median seconds and XLA temporaries for `batch`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from recjax.train import optimizers, partitioning, trainer  # pylint: disable=g-import-not-at-top,g-multiple-import
-  part = partitioning.Partitioner()
-  shapes = {k: v.shape for k, v in batch.items()}
-  rng = jax.random.PRNGKey(0)
-  setup = trainer.setup_state(
-      model, part, lambda _: optimizers.adafactor(optimizers.constant(1e-3)),
-      shapes, rng)
-  state = trainer.init_state(model, setup, part, shapes, rng)
-  step = part.partition(
-      trainer.make_train_step(model, setup.tx, None, part.data_sharding()),
-      in_shardings=(setup.state_shardings,
-                    {k: part.data_sharding() for k in batch},
-                    part.replicated()),
-      out_shardings=(setup.state_shardings, part.replicated()),
-      donate_argnums=(0,))
-  sharded = part.shard_batch(batch)
-  compiled = step.lower(state, sharded, rng).compile()
-  temp = int(compiled.memory_analysis().temp_size_in_bytes)
-  state, m = compiled(state, sharded, rng)  # warm-up
-  jax.block_until_ready(state)
-  times = []
+  """The train step's median seconds and XLA temporaries for `batch`
+  (`train_throughput.RecjaxRunner`'s step, compiled ahead to read them)."""
+  runner = tt.RecjaxRunner(None, batch, seed=0, model=model)
+  runner.step = runner.step.lower(runner.state, runner.batch,
+                                  runner.rng).compile()
+  temp = int(runner.step.memory_analysis().temp_size_in_bytes)
+  runner.run(1)  # warm-up
+  times, loss = [], None
   for _ in range(steps):
-    t0 = time.perf_counter()
-    state, m = compiled(state, sharded, rng)
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - t0)
+    seconds, loss = runner.run(1)
+    times.append(seconds)
   return {"step_s": round(statistics.median(times), 4),
-          "temp_gib": round(temp / GiB, 4),
-          "loss": round(float(jax.device_get(m["loss"])), 4)}
+          "temp_gib": round(temp / GiB, 4), "loss": round(loss, 4)}
 
 
 def packed_targets(mixture: str, inputs: int, targets: int) -> dict:
