@@ -463,6 +463,9 @@ def _user_error_line(e: BaseException) -> str | None:
                     CheckpointSaveError)):
     return str(e)
   first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  if type(e).__name__ == "InvalidArgumentError":  # a tf.data check's refusal
+    m = re.search(r"assertion failed: \[(.+?)\] \[", str(e), re.S)
+    return f"input pipeline: {m.group(1)}" if m else None
   if isinstance(e, SyntaxError):  # gin could not parse a file or a binding
     where = (e.text or "").strip() or (e.filename or "")
     msg = (e.msg or "").strip().splitlines()[-1:] or [""]

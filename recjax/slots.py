@@ -18,6 +18,7 @@ inference) can share the constants.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 SLOT_MARKER = "<item_slot>"
@@ -33,6 +34,26 @@ SLOT_FEATURE = "slot_items"
 # plain marker plus the `slot_items` feature when the example is built.
 _INDEXED_MARKER = re.compile(r"<item_slot:(\d+)>|<user_slot>")
 SLOT_MODES = ("none", "replace", "append")
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotTable:
+  """What a slot module can fill: catalogue items 1..num_items (index + 1)
+  and, with `user_slot`, RSLLM"s user slot. `catalogue` names where the
+  table"s rows came from (the prepared directory) for the refusal."""
+  num_items: int
+  user_slot: bool = False
+  catalogue: str = ""
+
+  def refusal(self, where: str) -> str:
+    source = f" (built from {self.catalogue})" if self.catalogue else ""
+    user = " or the user slot" if self.user_slot else ""
+    return (f"{where}: an example names a slot item outside the table of "
+            f"the slot module{source}, which holds items 1..{self.num_items}"
+            f"{user}: its task files were written for another catalogue. "
+            "Train on tasks prepared from the same directory as the slot "
+            "module (recjax prepare), or point the slot module at the "
+            "directory the tasks came from.")
 
 
 def indexed_marker(index: int) -> str:

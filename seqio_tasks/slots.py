@@ -93,3 +93,15 @@ def check_slots(inputs: tf.Tensor, slot_items: tf.Tensor, k: int,
           "TASK_FEATURE_LENGTHS['inputs'] or it names more items than "
           "TASK_FEATURE_LENGTHS['slot_items']. Raise the lengths or shorten "
           "the prompts (e.g. `recjax prepare --prompt max_history=N`)."))
+
+
+def check_slot_range(slot_items: tf.Tensor, num_items: int,
+                     user_slot: bool, message: str) -> tf.Tensor:
+  """Asserts every slot value is padding (0), a row of the slot module's
+  table (1..num_items: catalogue index + 1) or, where the module fills one,
+  the user slot; a value past the table would read NaN or a clamped row."""
+  ok = (slot_items == 0) | ((slot_items >= 1) & (slot_items <= num_items))
+  if user_slot:
+    ok |= slot_items == slots.USER_SLOT_ITEM
+  bad = tf.boolean_mask(slot_items, tf.logical_not(ok))
+  return tf.debugging.Assert(tf.reduce_all(ok), [message, "values:", bad])

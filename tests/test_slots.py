@@ -13,11 +13,14 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from recjax import main
 from recjax import slots
 from recjax.infer import evaluation
 from recjax.infer import predict
 from recjax.models import decoder_only
+from recjax.models import hybrid
 from recjax.models import t5
+from recjax.models.sasrec import SASRecConfig
 from recjax.prompts import PromptConfig
 from recjax.prompts import common
 from recjax.prompts.export import write_task_files
@@ -147,6 +150,76 @@ def test_truncated_slots_are_refused(prepared):
       pass
   with pytest.raises(ValueError, match="slot_items"):
     conv.get_model_feature_lengths({"inputs": 8, "targets": 4})
+
+
+class _TableOf(SlotTable):
+  """SlotTable that states its table (as ILM's encoder and RSLLM's
+  projector do), so its converter checks slot values against it."""
+  catalogue: str = ""
+  user_slot: bool = False
+
+  def slot_table(self):
+    return slots.SlotTable(self.num_items, self.user_slot, self.catalogue)
+
+
+def _first_examples(model, n=50):
+  conv = model.feature_converter_cls(pack=False)
+  ds = seqio.get_dataset("tslots_retrieval", task_feature_lengths=LENGTHS,
+                         dataset_split="train", shuffle=False,
+                         feature_converter=conv)
+  return list(ds.take(n).as_numpy_iterator())
+
+
+def test_slot_items_outside_the_modules_table_are_refused(prepared):
+  _, data = prepared
+  top = max(int(ex["slot_items"].max())
+            for ex in _first_examples(_model("encoder_decoder", 80)))
+  assert top > 1  # the examples reach past a table one row shorter
+  fits = slot_model.SlotModel(
+      _lm("encoder_decoder"), _TableOf(data.num_items, K, 16),
+      tokens_per_slot=K)
+  assert len(_first_examples(fits)) == 50
+  for arch in ("encoder_decoder", "decoder_only"):
+    short = slot_model.SlotModel(
+        _lm(arch), _TableOf(top - 1, K, 16, catalogue="/data/other_shop"),
+        tokens_per_slot=K)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=(
+        rf"outside the table of the slot module \(built from "
+        rf"/data/other_shop\), which holds items 1..{top - 1}")) as refused:
+      _first_examples(short)
+    # the CLI says it in one line (`recjax train: input pipeline: ...`)
+    line = main._user_error_line(refused.value)  # pylint: disable=protected-access
+    assert line.startswith("input pipeline: Slot") and "\n" not in line
+    assert line.endswith("the directory the tasks came from."), line
+
+
+def test_slot_range_check_allows_padding_items_and_the_user_slot():
+  user = slots.USER_SLOT_ITEM
+  check = lambda values, user_slot: slot_ops.check_slot_range(
+      tf.constant(values), 4, user_slot, "refused")
+  check([0, 1, 4, 0], False)
+  check([2, user, 0], True)
+  for bad, user_slot in (([5], False), ([user], False), ([-1], True),
+                         ([1, 5, user], True)):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="refused"):
+      check(bad, user_slot)
+
+
+def test_slot_modules_state_their_tables():
+  from recjax.models import item_encoder
+  cfg = item_encoder.ItemEncoderConfig(num_items=7)
+  assert item_encoder.ItemEncoder(cfg, catalogue="/d").slot_table() == (
+      slots.SlotTable(7, user_slot=False, catalogue="/d"))
+  rc = SASRecConfig(num_items=11, max_len=4, n_layers=1, n_heads=1,
+                    hidden=8, inner=16)
+  projector = hybrid.HybridProjector(
+      hybrid.HybridProjectorConfig(lm_emb_dim=16, tokens_per_slot=K), rc,
+      catalogue="/d")
+  assert projector.slot_table() == slots.SlotTable(11, True, "/d")
+  model = slot_model.SlotModel(_lm("encoder_decoder"), projector,
+                               tokens_per_slot=K)
+  assert model.feature_converter_cls(pack=False).slot_table == (
+      projector.slot_table())
 
 
 # ------------------------------------------------------------------ fill

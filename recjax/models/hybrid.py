@@ -84,10 +84,18 @@ class HybridProjector(nn.Module):
     recommender_values: a zero-argument callable returning SASRec's trained
       parameters (nested dicts of arrays), the init of the frozen
       `recommender` subtree; None = a random SASRec (tests).
+    catalogue: where SASRec's items come from (the prepared directory),
+      named when a task's slot items fall outside them.
   """
   config: HybridProjectorConfig
   recommender_config: SASRecConfig
   recommender_values: Optional[Callable[[], Any]] = None
+  catalogue: str = ''
+
+  def slot_table(self) -> slots.SlotTable:
+    """The slot values it can fill: SASRec's items and the user slot."""
+    return slots.SlotTable(int(self.recommender_config.num_items),
+                           user_slot=True, catalogue=self.catalogue)
 
   # `SlotModel` passes slot_items unshifted (0 = padding, USER_SLOT_ITEM).
   raw_slot_items = True

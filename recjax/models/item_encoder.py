@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from recjax import slots
 from recjax.models import t5 as t5_lib
 
 Array = Any
@@ -376,9 +377,17 @@ class ItemEncoder(nn.Module):
     cf_table_init: initializer of `cf_table/embedding` [num_items, cf_dim]
       (e.g. one returning a saved BPR-MF / SASRec table); None = a learned ID
       table ~ normal(0.02).
+    catalogue: where the table's rows come from (the prepared directory),
+      named when a task's slot items fall outside them.
   """
   config: ItemEncoderConfig
   cf_table_init: Optional[Callable[..., Array]] = None
+  catalogue: str = ''
+
+  def slot_table(self) -> slots.SlotTable:
+    """The slot values it can fill: items only (no user slot)."""
+    return slots.SlotTable(int(self.config.num_items), user_slot=False,
+                           catalogue=self.catalogue)
 
   def setup(self):
     cfg = self.config

@@ -285,4 +285,5 @@ def item_encoder(config=gin.REQUIRED, *, mixture_or_task_name: str =
         bert_dir, **{**{k: getattr(config, k) for k in keep}, **changes})
   else:
     config = dataclasses.replace(config, **changes)
-  return item_encoder_lib.ItemEncoder(config=config, cf_table_init=cf_init)
+  return item_encoder_lib.ItemEncoder(config=config, cf_table_init=cf_init,
+                                     catalogue=str(prepared_dir))

@@ -230,4 +230,5 @@ def rsllm_projector(config=gin.REQUIRED, *,
     raise ValueError(f'RSLLM projector for {prepared_dir}: {e}') from None
   rc = SASRecConfig(**model_config)
   return hybrid.HybridProjector(config=config, recommender_config=rc,
-                                recommender_values=lambda: values)
+                                recommender_values=lambda: values,
+                                catalogue=str(prepared_dir))

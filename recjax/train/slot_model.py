@@ -43,12 +43,15 @@ def _need_slot_length(task_feature_lengths: Mapping[str, int]) -> None:
 
 class _SlotConverter:
   """What both slot converters add to SeqIO's: `tokens_per_slot`, the
-  `slot_items` model feature, and a per-example check, before packing, that
-  trimming kept every slot."""
+  `slot_items` model feature, and per-example checks, before packing, that
+  trimming kept every slot and (given `slot_table`, the slot module's
+  `slots.SlotTable`) that every value names a row of the module's table."""
 
-  def __init__(self, *args, tokens_per_slot: int = 1, **kwargs):
+  def __init__(self, *args, tokens_per_slot: int = 1,
+               slot_table: Optional[slots.SlotTable] = None, **kwargs):
     super().__init__(*args, **kwargs)
     self.tokens_per_slot = int(tokens_per_slot)
+    self.slot_table = slot_table
 
   def _convert_example(self, features):
     d = dict(super()._convert_example(features))
@@ -63,9 +66,16 @@ class _SlotConverter:
     from seqio_tasks import slots as slot_ops  # pylint: disable=g-import-not-at-top
     k = self.tokens_per_slot
 
+    table = self.slot_table
+    where = type(self).__name__
+
     def check(ex):
-      with tf.control_dependencies([slot_ops.check_slots(
-          ex["inputs"], ex[_SLOT], k, type(self).__name__)]):
+      checks = [slot_ops.check_slots(ex["inputs"], ex[_SLOT], k, where)]
+      if table is not None:
+        checks.append(slot_ops.check_slot_range(
+            ex[_SLOT], table.num_items, table.user_slot,
+            table.refusal(where)))
+      with tf.control_dependencies(checks):
         return {key: tf.identity(v) for key, v in ex.items()}
 
     return ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
@@ -120,6 +130,13 @@ class SlotPrefixLMFeatureConverter(_SlotConverter,
         self._without_slots(task_feature_lengths)))
     lengths[_SLOT] = task_feature_lengths[_SLOT]
     return lengths
+
+
+def slot_table_of(module: nn.Module) -> Optional[slots.SlotTable]:
+  """The module's `slot_table()` (ILM's encoder, RSLLM's projector); None
+  for a module that does not say (no range check)."""
+  fn = getattr(module, 'slot_table', None)
+  return fn() if callable(fn) else None
 
 
 _CONVERTERS = {'encoder_decoder': SlotEncDecFeatureConverter,
@@ -209,7 +226,8 @@ class SlotModel(model_api.BaseModel):
       raise ValueError(f'SlotModel: unsupported LM architecture '
                        f'{lm.architecture!r}')
     self.feature_converter_cls = functools.partial(
-        _CONVERTERS[lm.architecture], tokens_per_slot=self.tokens_per_slot)
+        _CONVERTERS[lm.architecture], tokens_per_slot=self.tokens_per_slot,
+        slot_table=slot_table_of(slot_module))
 
   def for_feature_lengths(self, task_feature_lengths, pack):
     """The same slot model over its LM bound to these lengths."""
