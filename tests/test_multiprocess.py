@@ -7,6 +7,8 @@ the gin entry points in turn: `train` for 2 steps (checkpoint written by both
 processes), `train` to step 4 (restored by both), `eval` and `infer` of that
 checkpoint. The mesh is (data=2, model=4): 'data' spans the two processes,
 each process feeds its own SeqIO shard (`ShardInfo(index=i, num_shards=2)`).
+The validation shards are deliberately uneven (process 0 holds more batches),
+so train-eval only finishes if the hosts agree on its step count.
 
 The test process (8 devices, conftest) is the single-process reference on the
 same (2, 4) mesh: it trains on the same global batches (the two shards'
@@ -244,11 +246,15 @@ def _run_children(tmp: pathlib.Path, prepared_dir) -> list:
   return [json.loads(r.read_text()) for r in results]
 
 
-def _two_shard_get_dataset(monkeypatch):
+def _two_shard_get_dataset(monkeypatch, eval_batches_per_shard: list):
   """The single-process run reads what the 2 processes read: each batch
   (training and train-eval) is shard 0's host batch followed by shard 1's, the
   global batch the processes assemble with make_array_from_process_local_data
-  (train-eval pads short batches with zero rows, wherever they sit)."""
+  (train-eval pads short batches with zero rows, wherever they sit). The
+  validation shards are uneven (`_make_validation_shards_uneven`): in
+  train-eval the host that runs out feeds all-zero batches until the other
+  is done (`trainer.agreed_eval_batches`), and so does this reference; the
+  host batch counts it saw go into `eval_batches_per_shard`."""
   original = trainer.get_dataset
 
   def get_dataset(name, lengths, converter, split, host_batch_size, *,
@@ -260,9 +266,38 @@ def _two_shard_get_dataset(monkeypatch):
                        seed=seed, num_epochs=num_epochs, use_cached=use_cached,
                        shard_info=seqio.ShardInfo(i, NUM_PROCESSES),
                        pad_last=pad_last) for i in range(NUM_PROCESSES)]
-    return tf.data.Dataset.zip(tuple(shards)).map(
-        lambda *bs: {k: tf.concat([b[k] for b in bs], 0) for k in bs[0]})
+    if num_epochs is None:  # training: both shards repeat
+      return tf.data.Dataset.zip(tuple(shards)).map(
+          lambda *bs: {k: tf.concat([b[k] for b in bs], 0) for k in bs[0]})
+    per_host = host_batch_size // NUM_PROCESSES
+    batches = [list(trainer.numpy_batches(iter(ds), per_host, pad_last))
+               for ds in shards]
+    eval_batches_per_shard.append([len(b) for b in batches])
+    steps = max(len(b) for b in batches)
+    zero = {k: np.zeros_like(v) for k, v in batches[0][0].items()}
+    glued = [{k: np.concatenate([(b[n] if n < len(b) else zero)[k]
+                                 for b in batches]) for k in zero}
+             for n in range(steps)]
+    return tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([g[k] for g in glued]) for k in zero})
   monkeypatch.setattr(trainer, 'get_dataset', get_dataset)
+
+
+def _make_validation_shards_uneven(prepared_dir: pathlib.Path) -> None:
+  """Moves all but one record of each task's validation shard 1 into shard 0
+  (counts per task unchanged), so process 0 has more train-eval batches than
+  process 1: an extra collective on one host would hang the run."""
+  for task_dir in sorted((prepared_dir / 'tasks').iterdir()):
+    files = sorted(task_dir.glob(f'validation.tfrecord-*-of-0000{NUM_PROCESSES}'))
+    if len(files) != NUM_PROCESSES:
+      continue
+    records = [list(tf.data.TFRecordDataset(str(f)).as_numpy_iterator())
+               for f in files]
+    moved = [records[0] + records[1][1:], records[1][:1]]
+    for f, recs in zip(files, moved):
+      with tf.io.TFRecordWriter(str(f)) as w:
+        for r in recs:
+          w.write(r)
 
 
 def _run_gin(fn, gin_files, bindings):
@@ -309,14 +344,16 @@ def runs(tmp_path_factory):
                                                            max_history=5),
                    tasks=['retrieval', 'ranking', 'rating', 'ie'],
                    vocab_size=400, num_shards=NUM_PROCESSES)
+  _make_validation_shards_uneven(prepared_dir)
   assert f'{NAME}_rec' in registry.register_prepared(prepared_dir)
   tmp = tmp_path_factory.mktemp('mp_run')
   start = time.time()
   children = _run_children(tmp, prepared_dir)
   child_seconds = time.time() - start
   ref = tmp_path_factory.mktemp('mp_reference')
+  eval_batches_per_shard = []
   with pytest.MonkeyPatch.context() as mp:
-    _two_shard_get_dataset(mp)
+    _two_shard_get_dataset(mp, eval_batches_per_shard)
     _run_gin(train_main.run_train, T5_GINS + ['runs/finetune.gin'],
              train_bindings(ref / 'model', 4))
   _run_gin(jobs_main.run_eval, T5_GINS + ['runs/eval.gin'],
@@ -325,18 +362,18 @@ def runs(tmp_path_factory):
            infer_bindings(tmp / 'model', ref / 'infer'))
   print(f'[test_multiprocess] children {child_seconds:.1f}s, total '
         f'{time.time() - start:.1f}s', file=sys.stderr)
-  return tmp, ref, children
+  return tmp, ref, children, eval_batches_per_shard
 
 
 def test_children_ran_as_two_processes(runs):
-  _, _, children = runs
+  children = runs[2]
   assert [c['process_index'] for c in children] == [0, 1]
   assert all(c['process_count'] == NUM_PROCESSES for c in children)
   assert all(c['train_2'] == 2 and c['train_4'] == 4 for c in children)
 
 
 def test_losses_and_params_equal_single_process(runs):
-  tmp, ref, _ = runs
+  tmp, ref, _, eval_batches_per_shard = runs
   got, want = _jsonl(tmp / 'model', 'train'), _jsonl(ref / 'model', 'train')
   # Steps 1-2 from the first run, 3-4 after restoring its checkpoint.
   assert [r['step'] for r in got] == [r['step'] for r in want] == [1, 2, 3, 4]
@@ -348,7 +385,11 @@ def test_losses_and_params_equal_single_process(runs):
   got_val = _jsonl(tmp / 'model', 'validation')
   want_val = _jsonl(ref / 'model', 'validation')
   assert [r['step'] for r in got_val] == [r['step'] for r in want_val] == [2, 4]
-  # The whole validation split, however the hosts' shards batch it.
+  # The hosts held different numbers of validation batches at each eval
+  # (process 0 more): both still ran every eval, and the whole split counts.
+  assert len(eval_batches_per_shard) == 2, eval_batches_per_shard
+  assert all(a > b >= 1 for a, b in eval_batches_per_shard), (
+      eval_batches_per_shard)
   np.testing.assert_allclose([r['num_tokens'] for r in got_val],
                              [r['num_tokens'] for r in want_val])
   np.testing.assert_allclose([r['loss'] for r in got_val],
@@ -368,7 +409,7 @@ def test_losses_and_params_equal_single_process(runs):
 
 
 def test_eval_metrics_equal_single_process_and_written_once(runs):
-  tmp, ref, children = runs
+  tmp, ref, children, _ = runs
   want = json.loads((ref / 'eval' / 'metrics.json').read_text())
   got = json.loads((tmp / 'eval' / 'metrics.json').read_text())
   assert got['step'] == want['step'] == 4
@@ -395,7 +436,7 @@ def test_eval_metrics_equal_single_process_and_written_once(runs):
 
 
 def test_infer_rows_equal_single_process_and_written_once(runs):
-  tmp, ref, children = runs
+  tmp, ref, children, _ = runs
   name = 'predictions-00000-of-00001.jsonl'
   assert children[0]['infer_path'] == children[1]['infer_path'] == str(
       tmp / 'infer' / name)
