@@ -12,7 +12,9 @@ Protocol: one JSON job per stdin line, `{"id", "kind", "log", "args"}`; the
 zygote answers `PID <id> <pid>` when the child starts and `EXIT <id> <code>`
 when it ends (a negative code: killed by that signal). The child writes its
 stdout and stderr to the job's `log` file. Kinds: `train`, `infer`,
-`prepare` (the `recjax prepare` command line).
+`prepare` (the `recjax prepare` command line), `gin_train` (`recjax train`
+with gin files and bindings, over prepared directories it registers first:
+the methods' run gins as a user runs them).
 
 Hooks (args) that make kills land where a test wants them:
   slow: seconds of sleep per training batch / after each infer chunk.
@@ -81,17 +83,21 @@ def _disk_full():
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
+def _slow_batches(slow):
+  numpy_batches = trainer.numpy_batches
+
+  def slow_batches(*a, **k):
+    for b in numpy_batches(*a, **k):
+      time.sleep(slow)
+      yield b
+  trainer.numpy_batches = slow_batches
+
+
 def train(model_dir, train_steps, checkpoint_dataset=False, slow=0.0,
           die_in_save=None, enospc_in_save=None):
   """test_trainer.py's tiny run: mesh (4, 2), checkpoint every 2 steps."""
   if slow:
-    numpy_batches = trainer.numpy_batches
-
-    def slow_batches(*a, **k):
-      for b in numpy_batches(*a, **k):
-        time.sleep(slow)
-        yield b
-    trainer.numpy_batches = slow_batches
+    _slow_batches(slow)
   if die_in_save is not None:
     def die():
       print(f'DYING in the save of step {die_in_save}', flush=True)
@@ -139,7 +145,22 @@ def prepare(argv, die_after_units=None):
   recjax_main.run(['recjax', 'prepare'] + list(argv))
 
 
-KINDS = {'train': train, 'infer': infer, 'prepare': prepare}
+def gin_train(gin_files, bindings, prepared_dirs, slow=0.0):
+  """`recjax train --gin_file=... --gin.X=...` after registering
+  `prepared_dirs` ({dataset name: directory})."""
+  from recjax.train import train_main  # pylint: disable=g-import-not-at-top
+  from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
+  for name, directory in prepared_dirs.items():
+    registry.register_prepared(directory, dataset_name=name)
+  if slow:
+    _slow_batches(slow)
+  step, _ = train_main.run_train(gin_files, bindings,
+                                 import_task_modules=False)
+  print(f'DONE step {step}', flush=True)
+
+
+KINDS = {'train': train, 'infer': infer, 'prepare': prepare,
+         'gin_train': gin_train}
 
 
 def _child(job):

@@ -587,3 +587,152 @@ def test_infer_killed_midway_resumes_without_duplicates(zygote, reference,
   assert [r['index'] for r in got] == list(range(24))  # none twice or lost
   assert got == want
   assert not chunk_dir.exists()
+
+
+# ---------------------------------------------------------------- methods
+# ILM phase 2 and RSLLM stage 2 through their run gins, as a user starts
+# them, on one tiny catalogue (FLAN-T5 backbone, 8-device default mesh).
+METHOD_STEPS = 8  # checkpoints every 2 steps
+SLOT_K = 2
+TINY_T5 = ['T5Config.emb_dim = 16', 'T5Config.num_heads = 2',
+           'T5Config.head_dim = 8', 'T5Config.mlp_dim = 32',
+           'T5Config.num_encoder_layers = 1',
+           'T5Config.num_decoder_layers = 1']
+METHOD_COMMON = TINY_T5 + [
+    'VOCAB_SIZE = 512', "ACTIVATION_DTYPE = 'float32'", 'DROPOUT_RATE = 0.1',
+    'BATCH_SIZE = 8', 'EVAL_PERIOD = 0', 'train.log_every = 1',
+    'LEARNING_RATE = 0.01', 'SAVING_PERIOD = 2', 'RANDOM_SEED = 3',
+    'train.tensorboard = False']
+ILM_ENCODER = [
+    f'NUM_QUERY_TOKENS = {SLOT_K}', 'ITEM_ENCODER_HIDDEN = 32',
+    'ITEM_ENCODER_LAYERS = 1', 'ITEM_ENCODER_HEADS = 2',
+    'ITEM_ENCODER_MLP = 64', 'CF_DIM = 16', 'LM_EMB_DIM = 16',
+    'ItemEncoderConfig.max_text_length = 24',
+    'ItemEncoderConfig.contrastive_dim = 16']
+
+
+@pytest.fixture(scope='module')
+def method_world(zygote, tmp_path_factory):
+  """The catalogue prepared three ways in one vocabulary (text for the LM,
+  ILM's item slots, RSLLM's ID slots and user slot), a SASRec over it, and
+  a 2-step text LM that both methods start from: {command name: (gin files,
+  bindings without MODEL_DIR, prepared dirs)}."""
+  from recjax.baselines import cli as baselines_cli  # pylint: disable=g-import-not-at-top
+  from recjax.prompts import PromptConfig  # pylint: disable=g-import-not-at-top
+  from tiny_data import tiny_data  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('methods')
+  data = tiny_data(n_users=24, n_items=40, min_len=4, max_len=8)
+  dirs = {}
+  for name, config in (
+      ('crsllm', dict(item_format='title', item_slots='append',
+                      user_slot=True)),
+      ('cilm', dict(item_slots='replace')),
+      ('ctext', dict(item_format='title'))):
+    d = root / name
+    data.save(d)
+    vocab = ({'vocab_size': 400} if not dirs else
+             {'vocab_model': dirs['crsllm'] / 'vocab' / 'spiece.model'})
+    export.write_task_files(
+        data, d, config=PromptConfig(num_negatives=4, max_history=4,
+                                     **config),
+        tasks=('retrieval', 'ranking'), num_shards=1, **vocab)
+    dirs[name] = d
+  sasrec_dir = root / 'sasrec'
+  baselines_cli.write_result(baselines_cli.train_baseline(
+      'sasrec', data, epochs=1, log=None, hidden=8, inner=16, max_len=8),
+                             data, sasrec_dir)
+  prepared = {k: str(v) for k, v in dirs.items()}
+  lm_dir = root / 'lm'
+  code, log = zygote.run(
+      'gin_train', gin_files=['models/flan_t5_tiny.gin', 'runs/finetune.gin'],
+      bindings=METHOD_COMMON + [
+          f"MODEL_DIR = '{lm_dir}'", "MIXTURE_OR_TASK_NAME = 'ctext_rec'",
+          "TASK_FEATURE_LENGTHS = {'inputs': 96, 'targets': 12}",
+          'TRAIN_STEPS = 2'], prepared_dirs=prepared)
+  assert code == 0, log
+  common = METHOD_COMMON + [f"INITIAL_CHECKPOINT_PATH = '{lm_dir}'",
+                            f'TRAIN_STEPS = {METHOD_STEPS}']
+  return {
+      'ilm_phase2': (['models/flan_t5_tiny.gin', 'runs/ilm_phase2.gin'],
+                     common + ILM_ENCODER + [
+                         "MIXTURE_OR_TASK_NAME = 'cilm_rec'",
+                         'ITEM_ENCODER_CHECKPOINT = None',
+                         "TASK_FEATURE_LENGTHS = {'inputs': 96, "
+                         "'targets': 12, 'slot_items': 12}"], prepared),
+      'rsllm_stage2': (['models/flan_t5_tiny.gin', 'runs/rsllm_stage2.gin'],
+                       common + [
+                           "MIXTURE_OR_TASK_NAME = 'crsllm_rec'",
+                           f"SASREC_DIR = '{sasrec_dir}'",
+                           f'TOKENS_PER_SLOT = {SLOT_K}', 'LM_EMB_DIM = 16',
+                           'LORA_RANK = 2',
+                           "TASK_FEATURE_LENGTHS = {'inputs': 160, "
+                           "'targets': 12, 'slot_items': 16}"], prepared),
+  }
+
+
+def _full_state(model_dir) -> dict[str, np.ndarray]:
+  """Every array of the latest checkpoint's state (params and optimizer
+  state), flat by path, restored on one device."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  state_dir = checkpointing.latest_state_dir(str(model_dir))
+  meta = checkpointing.state_metadata(state_dir)
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore(state_dir, abstract)
+  return {jax.tree_util.keystr(path): np.asarray(x) for path, x in
+          jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]}
+
+
+def _trains(method: str, path: str) -> bool:
+  """Whether a params path is one the method's run gin trains."""
+  if method == 'ilm_phase2':
+    return path.startswith("['item_encoder']")
+  return ("lora_" in path or (path.startswith("['rsllm']") and
+                              "['recommender']" not in path))
+
+
+@pytest.mark.parametrize('method', ['ilm_phase2', 'rsllm_stage2'])
+def test_sigkill_during_a_method_run_then_the_same_command(
+    zygote, method_world, tmp_path, method):
+  """ILM phase 2 (frozen LM, the encoder trains) and RSLLM stage 2 (LoRA +
+  projector over a frozen SASRec and base), killed at a seeded random
+  moment and started again with the same command: the final parameters and
+  optimizer state equal an uninterrupted run's bit for bit, and the frozen
+  parts have no optimizer state."""
+  gin_files, bindings, prepared = method_world[method]
+
+  def command(model_dir, **hooks):
+    return dict(gin_files=gin_files, prepared_dirs=prepared,
+                bindings=bindings + [f"MODEL_DIR = '{model_dir}'"], **hooks)
+
+  ref_dir, run_dir = tmp_path / 'reference', tmp_path / 'run'
+  code, log = zygote.run('gin_train', **command(ref_dir))
+  assert code == 0 and f'DONE step {METHOD_STEPS}' in log, log
+  rng = random.Random(f'{method}-kill')
+  k = rng.randint(3, METHOD_STEPS - 3)
+  job = zygote.start('gin_train', **command(run_dir, slow=0.1))
+  job.wait_for(rf'\[recjax\] step {k}/')
+  time.sleep(rng.uniform(0.0, 0.15))
+  assert job.kill() == -signal.SIGKILL, job.text()
+  committed = _steps(run_dir)
+  assert committed and committed[-1] < METHOD_STEPS, committed
+  code, log = zygote.run('gin_train', **command(run_dir))
+  assert code == 0 and f'DONE step {METHOD_STEPS}' in log, log
+  assert _resumed_from(log) == committed[-1]
+  want, got = _full_state(ref_dir), _full_state(run_dir)
+  assert sorted(got) == sorted(want)
+  for path, x in want.items():
+    np.testing.assert_array_equal(got[path], x, err_msg=path)  # bit for bit
+  # Optimizer moments exist for the trained subtrees only (and for all of
+  # them); the frozen LM (and SASRec) were never written into them.
+  params = {p[len("['params']"):] for p in want if p.startswith("['params']")}
+  trained = {p for p in params if _trains(method, p)}
+  assert trained and trained != params
+  for moment in ("['mu']", "['nu']"):
+    has = {p.split(moment, 1)[1] for p in want
+           if p.startswith("['opt_state']") and moment in p}
+    assert has == trained, (method, moment, sorted(has ^ trained)[:5])
+  assert any(np.abs(want["['params']" + p]).max() > 0 for p in trained
+             if 'lora_b' in p) or method == 'ilm_phase2'
