@@ -129,6 +129,28 @@ def test_ranking_candidates(data):
   assert len(slots) > 3
 
 
+def test_ranking_with_the_retrieval_prompt(data):
+  """ranking_candidates_in_prompt=False: each held-out ranking example reads
+  exactly the retrieval prompt of the same user and keeps the candidate list
+  of the default ranking prompt (same negatives, same order) for scoring."""
+  listed = PromptConfig(item_format="id", num_negatives=9, template=0)
+  hidden = PromptConfig(item_format="id", num_negatives=9, template=0,
+                        ranking_candidates_in_prompt=False)
+  for split in ("validation", "test"):
+    default = run("ranking", data, split, listed)
+    exs = run("ranking", data, split, hidden)
+    retrieval = run("retrieval", data, split, hidden)
+    assert len(exs) == len(default) == len(retrieval) > 5
+    for ex, d, r in zip(exs, default, retrieval):
+      assert ex["inputs"] == r["inputs"] != d["inputs"]
+      assert ex["candidates"] == d["candidates"]
+      assert ex["targets"] == d["targets"] == r["targets"]
+      assert not set(ID_RE.findall(ex["inputs"])) & (
+          set(ex["candidates"]) - set(ID_RE.findall(r["inputs"])))
+  train = run("ranking", data, "train", hidden)
+  assert train and all("Which of these" not in ex["inputs"] for ex in train)
+
+
 def test_ranking_clamps_negatives():
   small = tiny_data(n_users=5, n_items=12, min_len=8, max_len=10)
   for ex in run("ranking", small, "test", PromptConfig(num_negatives=99)):

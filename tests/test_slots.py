@@ -2,7 +2,6 @@
 -> model fill, for both backbones, in training and in inference."""
 from __future__ import annotations
 
-import pathlib
 
 import flax.linen as nn
 import gin

@@ -56,6 +56,11 @@ class PromptConfig:
     rating_all_prefixes: same, for rating.
     ranking_prefixes_per_user: training ranking examples per user (the last
       prefix, then random earlier ones); 0 = every prefix.
+    ranking_candidates_in_prompt: the ranking prompt lists the candidates
+      (LLaRA's protocol); False writes the retrieval prompt instead (history
+      only) and keeps the candidates for scoring alone, so the ranking is
+      the LM's next-item distribution restricted to them, as a classical
+      recommender ranks the same list.
     bpr_pairs_per_user: training BPR pairs per user (0 = every prefix).
     mim_examples_per_user: masked sequences per user (the most recent window,
       then random earlier windows).
@@ -89,6 +94,7 @@ class PromptConfig:
   retrieval_all_prefixes: bool = True
   rating_all_prefixes: bool = True
   ranking_prefixes_per_user: int = 1
+  ranking_candidates_in_prompt: bool = True
   bpr_pairs_per_user: int = 3
   mim_examples_per_user: int = 1
   mim_mask_prob: float = 0.2

@@ -3,7 +3,9 @@
 Negatives are never in the user's full known sequence (any split) and never
 the target; their number is clamped to what the catalogue leaves. Candidates
 are shuffled per example. Train: `ranking_prefixes_per_user` prefixes per
-user (the last one first); validation/test: one per user.
+user (the last one first); validation/test: one per user. With
+`ranking_candidates_in_prompt=False` the prompt is retrieval's (the
+candidates are only scored).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Iterator
 from recjax.data.prepared import PreparedData
 from recjax.data.split import train_sequence
 from recjax.prompts import common
+from recjax.prompts import retrieval
 from recjax.prompts.common import Example, PromptConfig
 
 TASK = "ranking"
@@ -39,10 +42,15 @@ def generate(data: PreparedData, split: str, config: PromptConfig,
                                         config.num_negatives)
     cands = negatives  # already in random order
     cands.insert(int(rng.integers(len(cands) + 1)), target)
-    tid = common.pick_template(rng, len(TEMPLATES), config)
-    inputs = TEMPLATES[tid].format(
-        history=common.user_history_text(ctx, hist),
-        candidates=common.history_text(ctx, cands))
+    if config.ranking_candidates_in_prompt:
+      tid = common.pick_template(rng, len(TEMPLATES), config)
+      inputs = TEMPLATES[tid].format(
+          history=common.user_history_text(ctx, hist),
+          candidates=common.history_text(ctx, cands))
+    else:  # the retrieval prompt; the candidates are only scored
+      tid = common.pick_template(rng, len(retrieval.TEMPLATES), config)
+      inputs = retrieval.TEMPLATES[tid].format(
+          history=common.user_history_text(ctx, hist))
     return common.example(inputs, ctx.targets[target], TASK, tid,
                           target_item=ctx.ids[target],
                           candidates=common.pick(ctx.ids, cands), ctx=ctx,
