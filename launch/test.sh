@@ -15,7 +15,9 @@ export TF_CPP_MIN_LOG_LEVEL=3
 WORKERS="${RECJAX_TEST_WORKERS:-$(n=$(nproc); echo $(( n < 4 ? n : 4 )))}"
 PARALLEL=()
 if [[ "$WORKERS" != 0 ]]; then
-  PARALLEL=(-n "$WORKERS" --dist loadfile)
+  # Files in conftest.py's order (the longest first), not xdist's
+  # most-tests-first.
+  PARALLEL=(-n "$WORKERS" --dist loadfile --no-loadscope-reorder)
 fi
 if [[ $# -eq 0 ]]; then set -- tests; fi
 exec "$VENV/bin/python" -m pytest "${PARALLEL[@]}" "$@"

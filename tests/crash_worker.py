@@ -145,15 +145,25 @@ def prepare(argv, die_after_units=None):
   recjax_main.run(['recjax', 'prepare'] + list(argv))
 
 
-def gin_train(gin_files, bindings, prepared_dirs, slow=0.0):
+def gin_train(gin_files, bindings, prepared_dirs, slow=0.0,
+              one_device=False):
   """`recjax train --gin_file=... --gin.X=...` after registering
-  `prepared_dirs` ({dataset name: directory})."""
+  `prepared_dirs` ({dataset name: directory}); `one_device`: the mesh takes
+  the first device only (its step compiles several times faster)."""
   from recjax.train import train_main  # pylint: disable=g-import-not-at-top
   from seqio_tasks import registry  # pylint: disable=g-import-not-at-top
   for name, directory in prepared_dirs.items():
     registry.register_prepared(directory, dataset_name=name)
   if slow:
     _slow_batches(slow)
+  if one_device:
+    get_mesh = partitioning.get_mesh
+
+    def first_device_mesh(num_partitions=None, model_parallel_submesh=None,
+                          mesh_shape=None, devices=None):
+      return get_mesh(num_partitions, model_parallel_submesh, mesh_shape,
+                      devices or jax.devices()[:1])
+    partitioning.get_mesh = first_device_mesh
   step, _ = train_main.run_train(gin_files, bindings,
                                  import_task_modules=False)
   print(f'DONE step {step}', flush=True)
