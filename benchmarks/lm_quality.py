@@ -40,6 +40,9 @@ Usage:
   .venv/bin/python benchmarks/lm_quality.py --split validation --tag _lr01 \\
       --gin=--gin.LEARNING_RATE=0.01 --data_tag _rank5 \\
       --prepare_flag=--prompt=ranking_prefixes_per_user=5
+  # every rung's ranking also scored under the retrieval prompt (same users
+  # and candidates; the paired gain over the listing prompt)
+  .venv/bin/python benchmarks/lm_quality.py --ranking_under_retrieval_prompt
 Outputs go to --workdir (logs, checkpoints, evals) with lm_quality.png. The
 last stdout line is one JSON object: {dataset: {recipe or baseline: {steps:
 {metric: value, metric_se: se, train_seconds, validation_loss}}}, ...}.
@@ -57,7 +60,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _cli_runs import (StageError, cpu_model, mean_se,  # noqa: E402
-                       per_user, start_runner)
+                       per_user, read_rows, start_runner)
+import numpy as np  # noqa: E402
 
 # name -> (model gin, item format, mixture suffix, label)
 RECIPES = {
@@ -84,6 +88,28 @@ def binary_se(p: float, n: int) -> float:
   """The standard error of a mean of n 0/1 values with mean p (ddof=1):
   exact for Recall@10 and HitRate@1, which the baselines report as means."""
   return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
+
+
+def retrieval_prompt_gain(listed: pathlib.Path, listed_task: str,
+                          scored: pathlib.Path, scored_task: str) -> dict:
+  """HitRate@1 of the same users' same candidates scored under the
+  retrieval prompt (`scored`, a `ranking_candidates_in_prompt=False`
+  directory's ranking task) beside the listing prompt's (`listed`): the
+  mean +- se of each and of their paired difference."""
+  a = read_rows(listed, listed_task)
+  b = read_rows(scored, scored_task)
+  if [x["target_item"] for x in a] != [x["target_item"] for x in b] or any(
+      sorted(x["candidates"]) != sorted(y["candidates"]) for x, y in zip(a, b)):
+    raise ValueError(f"{listed} and {scored}: the ranking examples differ "
+                     "(users, targets or candidates)")
+  hit_a = np.array([x["rank"] == 1 for x in a], np.float64)
+  hit_b = np.array([x["rank"] == 1 for x in b], np.float64)
+  out = {}
+  for key, x in (("hit1_retrieval_prompt", hit_b),
+                 ("hit1_gain", hit_b - hit_a)):
+    mean, se = mean_se(x)
+    out[key], out[f"{key}_se"] = round(mean, 4), round(se, 4)
+  return out
 
 
 def baseline_row(out: pathlib.Path, split: str = "test") -> dict:
@@ -182,6 +208,12 @@ def main(argv=None) -> int:
   p.add_argument("--split", default="test", choices=("test", "validation"),
                  help="the split every row is evaluated on: choose recipes "
                  "on validation, report test")
+  p.add_argument("--ranking_under_retrieval_prompt", action="store_true",
+                 help="also score every rung's ranking candidates under the "
+                 "retrieval prompt (a second directory prepared with "
+                 "--prompt=ranking_candidates_in_prompt=false in the same "
+                 "vocabulary; subword formats only): HitRate@1 and its "
+                 "paired gain over the listing prompt")
   p.add_argument("--sasrec_epochs", type=int, default=10)
   p.add_argument("--bpr_epochs", type=int, default=0,
                  help="0 = BPR-MF's own default (early stopping)")
@@ -214,13 +246,22 @@ def main(argv=None) -> int:
   formats = sorted({"title_id"} | {RECIPES[r][1] for r in recipes})
   dirs = {f: data_root / ((name if f == "title_id" else f"{name}_{f}") +
                           args.data_tag) for f in formats}
+  # the same tasks with ranking scored under the retrieval prompt, in the
+  # vocabulary of their format's directory (item-token formats train their
+  # own, so they are left out)
+  scored_dirs = ({f: d.with_name(d.name + "_rankret") for f, d in dirs.items()
+                  if "token" not in f}
+                 if args.ranking_under_retrieval_prompt else {})
   ev_suffix = "" if args.split == "test" else f"_{args.split}"
   name_of = {r: f"{r}{args.data_tag}{args.tag}" for r in recipes}
   runs = {r: work / f"train_{name_of[r]}" for r in recipes}
-  outputs = [work / "logs", *dirs.values(), *runs.values(),
+  outputs = [work / "logs", *dirs.values(), *scored_dirs.values(),
+             *runs.values(),
              *(work / f"baseline_{b}" for b in BASELINES)]
   outputs += [work / f"eval_{name_of[r]}_{s}{ev_suffix}" for r in recipes
               for s in ladder]
+  outputs += [work / f"eval_{name_of[r]}_{s}_rankret{ev_suffix}"
+              for r in recipes if RECIPES[r][1] in scored_dirs for s in ladder]
   if args.dataset == "ml100k":
     data_dir = pathlib.Path(args.data).resolve()
     if not (data_dir / "ml-100k.inter").is_file():
@@ -230,7 +271,9 @@ def main(argv=None) -> int:
     source = ["--source=recbole", f"--input={data_dir}"]
   else:
     source = ["--source=synthetic"]
-  run = start_runner(work, outputs, list(dirs.values()), args.resume)
+  run = start_runner(work, outputs,
+                     list(dirs.values()) + list(scored_dirs.values()),
+                     args.resume)
   cpu = cpu_model()
   print(f"LM quality on {name}: recipes {recipes}, ladder {ladder} steps; "
         f"workdir {work}; host CPU: {cpu}", flush=True)
@@ -245,6 +288,15 @@ def main(argv=None) -> int:
           "--prompt=mim_examples_per_user=10",
           "--prompt=bpr_pairs_per_user=10", f"--item_format={fmt}",
           *args.prepare_flag], d / "tasks" / "manifest.json")
+    for fmt, d in scored_dirs.items():
+      run(f"prepare_{fmt}{args.data_tag}_rankret", [
+          "prepare", *source, f"--name={d.name}", f"--output={d}",
+          "--overwrite", "--max_history=10", "--num_negatives=19",
+          "--prompt=mim_examples_per_user=10",
+          "--prompt=bpr_pairs_per_user=10", f"--item_format={fmt}",
+          *args.prepare_flag, "--prompt=ranking_candidates_in_prompt=false",
+          f"--vocab={dirs[fmt] / 'vocab' / 'spiece.model'}"],
+          d / "tasks" / "manifest.json")
     # 2. baselines, on the title_id directory
     for b in BASELINES:
       out = work / f"baseline_{b}"
@@ -283,6 +335,14 @@ def main(argv=None) -> int:
           a.append(f"--gin.NUM_EXAMPLES={args.num_examples}")
         a.append(f"--gin.EVAL_SPLIT='{args.split}'")
         run(f"eval_{name_of[r]}_{s}{ev_suffix}", a, ev / "metrics.json", s)
+        if fmt in scored_dirs:
+          ev2 = work / f"eval_{name_of[r]}_{s}_rankret{ev_suffix}"
+          a2 = [x for x in a if not x.startswith(
+              ("--gin.MIXTURE_OR_TASK_NAME=", "--gin.EVAL_OUTPUT_DIR="))]
+          a2 += [f"--gin.MIXTURE_OR_TASK_NAME='{scored_dirs[fmt].name}"
+                 "_ranking'", f"--gin.EVAL_OUTPUT_DIR='{ev2}'"]
+          run(f"eval_{name_of[r]}_{s}_rankret{ev_suffix}", a2,
+              ev2 / "metrics.json", s)
   except StageError as e:
     print(str(e), flush=True)
     print(json.dumps({"error": str(e).splitlines()[0],
@@ -310,6 +370,11 @@ def main(argv=None) -> int:
       for m in METRICS:
         mean, se = mean_se(users[m])
         row[m], row[f"{m}_se"] = round(mean, 4), round(se, 4)
+      if fmt in scored_dirs:
+        row.update(retrieval_prompt_gain(
+            work / f"eval_{key}_{s}{ev_suffix}", f"{dirs[fmt].name}_ranking",
+            work / f"eval_{key}_{s}_rankret{ev_suffix}",
+            f"{scored_dirs[fmt].name}_ranking"))
       results[key][s] = row
 
   print()
@@ -331,6 +396,11 @@ def main(argv=None) -> int:
                for m in METRICS]
       print(f"| {labels[key]} | {budget} | " + " | ".join(cells) +
             f" | {row.get('validation_loss') or '–'} |")
+      if "hit1_retrieval_prompt" in row:
+        print(f"| {labels[key]}, ranking under the retrieval prompt | "
+              f"{budget} | | | {row['hit1_retrieval_prompt']:.4f} +- "
+              f"{row['hit1_retrieval_prompt_se']:.4f} (paired gain "
+              f"{row['hit1_gain']:+.4f} +- {row['hit1_gain_se']:.4f}) | |")
   png = work / "lm_quality.png"
   plot(png, name, results, labels)
   print(f"\nplot: {png}; stage seconds: {run.seconds}; total "

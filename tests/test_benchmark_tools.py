@@ -92,3 +92,31 @@ def test_slot_diagnostics_groups_gradient_norms_by_subtree():
   assert slot_diagnostics.subtree_norms(grads, "rsllm") == pytest.approx({
       "encoder": 18 ** 0.5, "lora": 4.0, "rsllm/mlp_in": 2.0,
       "rsllm/user_head": 0.0}, rel=1e-6)
+
+
+def test_lm_quality_retrieval_prompt_gain_is_paired(tmp_path):
+  """Three users: the listing prompt ranks the target first for user 0
+  only, the retrieval prompt for users 1 and 2: HitRate@1 1/3 -> 2/3,
+  paired gains (-1, +1, +1)."""
+
+  def write(d, task, ranks, candidates=("a", "b", "c")):
+    (d / "predictions").mkdir(parents=True)
+    with open(d / "predictions" / f"{task}.jsonl", "w") as f:
+      for n, r in enumerate(ranks):
+        f.write(json.dumps({"target_item": f"t{n}", "rank": r,
+                            "candidates": list(candidates)}) + "\n")
+
+  write(tmp_path / "listed", "x_ranking", [1, 3, 2])
+  write(tmp_path / "scored", "x_rankret_ranking", [2, 1, 1])
+  got = lm_quality.retrieval_prompt_gain(
+      tmp_path / "listed", "x_ranking", tmp_path / "scored",
+      "x_rankret_ranking")
+  assert got["hit1_retrieval_prompt"] == round(2 / 3, 4)
+  assert got["hit1_gain"] == round(1 / 3, 4)
+  sd = math.sqrt(((-1 - 1 / 3) ** 2 + 2 * (1 - 1 / 3) ** 2) / 2)  # ddof 1
+  assert got["hit1_gain_se"] == round(sd / math.sqrt(3), 4)
+  write(tmp_path / "other", "x_rankret_ranking", [1, 1, 1],
+        candidates=("a", "b", "d"))
+  with pytest.raises(ValueError, match="ranking examples differ"):
+    lm_quality.retrieval_prompt_gain(tmp_path / "listed", "x_ranking",
+                                     tmp_path / "other", "x_rankret_ranking")
