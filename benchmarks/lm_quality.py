@@ -281,22 +281,19 @@ def main(argv=None) -> int:
   try:
     # 1. prepare: one directory per item format, the same split and seed;
     #    the token formats reuse nothing (each trains its own vocabulary).
+    def prepare(label, d, fmt, *extra):
+      run(label, ["prepare", *source, f"--name={d.name}", f"--output={d}",
+                  "--overwrite", "--max_history=10", "--num_negatives=19",
+                  "--prompt=mim_examples_per_user=10",
+                  "--prompt=bpr_pairs_per_user=10", f"--item_format={fmt}",
+                  *args.prepare_flag, *extra], d / "tasks" / "manifest.json")
+
     for fmt, d in dirs.items():
-      run(f"prepare_{fmt}{args.data_tag}", [
-          "prepare", *source, f"--name={d.name}", f"--output={d}",
-          "--overwrite", "--max_history=10", "--num_negatives=19",
-          "--prompt=mim_examples_per_user=10",
-          "--prompt=bpr_pairs_per_user=10", f"--item_format={fmt}",
-          *args.prepare_flag], d / "tasks" / "manifest.json")
-    for fmt, d in scored_dirs.items():
-      run(f"prepare_{fmt}{args.data_tag}_rankret", [
-          "prepare", *source, f"--name={d.name}", f"--output={d}",
-          "--overwrite", "--max_history=10", "--num_negatives=19",
-          "--prompt=mim_examples_per_user=10",
-          "--prompt=bpr_pairs_per_user=10", f"--item_format={fmt}",
-          *args.prepare_flag, "--prompt=ranking_candidates_in_prompt=false",
-          f"--vocab={dirs[fmt] / 'vocab' / 'spiece.model'}"],
-          d / "tasks" / "manifest.json")
+      prepare(f"prepare_{fmt}{args.data_tag}", d, fmt)
+    for fmt, d in scored_dirs.items():  # the same, in fmt's vocabulary
+      prepare(f"prepare_{fmt}{args.data_tag}_rankret", d, fmt,
+              "--prompt=ranking_candidates_in_prompt=false",
+              f"--vocab={dirs[fmt] / 'vocab' / 'spiece.model'}")
     # 2. baselines, on the title_id directory
     for b in BASELINES:
       out = work / f"baseline_{b}"
