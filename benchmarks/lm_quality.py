@@ -60,7 +60,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _cli_runs import (StageError, cpu_model, mean_se,  # noqa: E402
-                       per_user, read_rows, start_runner)
+                       paired_diff, per_user, read_rows, start_runner)
 import numpy as np  # noqa: E402
 
 # name -> (model gin, item format, mixture suffix, label)
@@ -90,26 +90,31 @@ def binary_se(p: float, n: int) -> float:
   return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
 
 
+def ranking_per_user(eval_dir: pathlib.Path, task: str) -> dict:
+  """Per-user hit@1 of a ranking task's predictions, with the users'
+  targets (to pair variants) and candidate lists."""
+  rows = read_rows(eval_dir, task)
+  return {"hit1": np.array([x["rank"] == 1 for x in rows], np.float64),
+          "targets": np.array([x["target_item"] for x in rows]),
+          "candidates": [sorted(x["candidates"]) for x in rows]}
+
+
 def retrieval_prompt_gain(listed: pathlib.Path, listed_task: str,
                           scored: pathlib.Path, scored_task: str) -> dict:
   """HitRate@1 of the same users' same candidates scored under the
   retrieval prompt (`scored`, a `ranking_candidates_in_prompt=False`
-  directory's ranking task) beside the listing prompt's (`listed`): the
-  mean +- se of each and of their paired difference."""
-  a = read_rows(listed, listed_task)
-  b = read_rows(scored, scored_task)
-  if [x["target_item"] for x in a] != [x["target_item"] for x in b] or any(
-      sorted(x["candidates"]) != sorted(y["candidates"]) for x, y in zip(a, b)):
+  directory's ranking task), and its paired gain over the listing
+  prompt's (`listed`), each with its standard error."""
+  a = ranking_per_user(listed, listed_task)
+  b = ranking_per_user(scored, scored_task)
+  if a["candidates"] != b["candidates"]:
     raise ValueError(f"{listed} and {scored}: the ranking examples differ "
                      "(users, targets or candidates)")
-  hit_a = np.array([x["rank"] == 1 for x in a], np.float64)
-  hit_b = np.array([x["rank"] == 1 for x in b], np.float64)
-  out = {}
-  for key, x in (("hit1_retrieval_prompt", hit_b),
-                 ("hit1_gain", hit_b - hit_a)):
-    mean, se = mean_se(x)
-    out[key], out[f"{key}_se"] = round(mean, 4), round(se, 4)
-  return out
+  mean, se = mean_se(b["hit1"])
+  gain = paired_diff(b, a, "hit1")
+  return {"hit1_retrieval_prompt": round(mean, 4),
+          "hit1_retrieval_prompt_se": round(se, 4),
+          "hit1_gain": gain["diff"], "hit1_gain_se": gain["se"]}
 
 
 def baseline_row(out: pathlib.Path, split: str = "test") -> dict:
@@ -319,27 +324,27 @@ def main(argv=None) -> int:
           *args.gin], out / "checkpoints" / str(ladder[-1]) /
           "commit_success.txt")
       # 4. evaluate every rung on the test split
-      for s in ladder:
-        ev = work / f"eval_{name_of[r]}_{s}{ev_suffix}"
+      def evaluate(label, mixture, step, ev):
         a = ["eval", f"--gin_file={gin}", "--gin_file=runs/eval.gin",
              "--gin.ACTIVATION_DTYPE='float32'",
              "--gin.evaluate.auto_vocab_size=True",
-             f"--gin.MIXTURE_OR_TASK_NAME='{dirs[fmt].name}_rec'",
+             f"--gin.MIXTURE_OR_TASK_NAME='{mixture}'",
              f"--gin.TASK_FEATURE_LENGTHS={lengths}",
-             f"--gin.CHECKPOINT_PATH='{out / 'checkpoints' / str(s)}'",
-             f"--gin.EVAL_OUTPUT_DIR='{ev}'"]
+             f"--gin.CHECKPOINT_PATH='{out / 'checkpoints' / str(step)}'",
+             f"--gin.EVAL_OUTPUT_DIR='{ev}'",
+             f"--gin.EVAL_SPLIT='{args.split}'"]
         if args.num_examples:
           a.append(f"--gin.NUM_EXAMPLES={args.num_examples}")
-        a.append(f"--gin.EVAL_SPLIT='{args.split}'")
-        run(f"eval_{name_of[r]}_{s}{ev_suffix}", a, ev / "metrics.json", s)
+        run(label, a, ev / "metrics.json", step)
+
+      for s in ladder:
+        label = f"eval_{name_of[r]}_{s}"
+        evaluate(label + ev_suffix, f"{dirs[fmt].name}_rec", s,
+                 work / (label + ev_suffix))
         if fmt in scored_dirs:
-          ev2 = work / f"eval_{name_of[r]}_{s}_rankret{ev_suffix}"
-          a2 = [x for x in a if not x.startswith(
-              ("--gin.MIXTURE_OR_TASK_NAME=", "--gin.EVAL_OUTPUT_DIR="))]
-          a2 += [f"--gin.MIXTURE_OR_TASK_NAME='{scored_dirs[fmt].name}"
-                 "_ranking'", f"--gin.EVAL_OUTPUT_DIR='{ev2}'"]
-          run(f"eval_{name_of[r]}_{s}_rankret{ev_suffix}", a2,
-              ev2 / "metrics.json", s)
+          evaluate(f"{label}_rankret{ev_suffix}",
+                   f"{scored_dirs[fmt].name}_ranking", s,
+                   work / f"{label}_rankret{ev_suffix}")
   except StageError as e:
     print(str(e), flush=True)
     print(json.dumps({"error": str(e).splitlines()[0],

@@ -39,8 +39,8 @@ SLOT_MODES = ("none", "replace", "append")
 @dataclasses.dataclass(frozen=True)
 class SlotTable:
   """What a slot module can fill: catalogue items 1..num_items (index + 1)
-  and, with `user_slot`, RSLLM"s user slot. `catalogue` names where the
-  table"s rows came from (the prepared directory) for the refusal."""
+  and, with `user_slot`, RSLLM's user slot. `catalogue` names where the
+  table's rows came from (the prepared directory) for the refusal."""
   num_items: int
   user_slot: bool = False
   catalogue: str = ""

@@ -22,7 +22,8 @@ def shared_dir():
   return SHARED
 
 
-# The files with the most test time (seconds in a quiet run, 2026-12-08:
+# The files with the most test time (seconds in a quiet run, 2026-12-08,
+# 2-core AMD EPYC, summed over each file's tests from --junitxml:
 # rsllm 281, ilm 273, crash_safety 246, aot 222, cli 181, multiprocess 153,
 # lora 140, slots 134, item_encoder 127, gin_configs 101), started first so
 # that the xdist workers (--dist loadfile, launch/test.sh) do not end on one

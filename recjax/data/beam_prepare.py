@@ -217,7 +217,7 @@ class _Catalogue:
     self.items = items
 
 
-_CATALOGUES: dict[tuple, _Catalogue] = {}
+_LAST_CATALOGUE: list = [None, None]  # [key, _Catalogue]: one per worker
 
 
 def _catalogue(plan: _Plan) -> _Catalogue:
@@ -228,12 +228,10 @@ def _catalogue(plan: _Plan) -> _Catalogue:
   stat = path.stat() if path.exists() else None
   key = (str(path.resolve()), stat and stat.st_mtime_ns, stat and stat.st_size,
          plan.has_ratings, tuple(plan.rating_range))
-  hit = _CATALOGUES.get(key)
-  if hit is None:
-    _CATALOGUES.clear()  # one catalogue at a time per worker
-    hit = _CATALOGUES[key] = _Catalogue(read_items(pathlib.Path(
-        plan.directory)))
-  return hit
+  if _LAST_CATALOGUE[0] != key:
+    _LAST_CATALOGUE[:] = [key, _Catalogue(read_items(pathlib.Path(
+        plan.directory)))]
+  return _LAST_CATALOGUE[1]
 
 
 def _view(plan: _Plan, users) -> "ShardView":
