@@ -727,5 +727,6 @@ def test_sigkill_during_a_method_run_then_the_same_command(
     has = {p.split(moment, 1)[1] for p in want
            if p.startswith("['opt_state']") and moment in p}
     assert has == trained, (method, moment, sorted(has ^ trained)[:5])
-  assert any(np.abs(want["['params']" + p]).max() > 0 for p in trained
-             if 'lora_b' in p) or method == 'ilm_phase2'
+  if method == 'rsllm_stage2':  # the zero-initialised adapters trained
+    assert any(np.abs(want["['params']" + p]).max() > 0 for p in trained
+               if 'lora_b' in p)
